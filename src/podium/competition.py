@@ -1,0 +1,193 @@
+"""The competition adapter API: what a `competitions/<slug>/adapter.py` implements.
+
+A competition differs from another in a few places only: where the files are, how masks are
+encoded, how samples group (car, patient, video), the metric and the submission format. An
+adapter subclasses `Competition`, lists its samples, and overrides only what differs; the folder's
+`competition.yaml` holds the settings (task, classes, metric, submission format...).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from podium import io, metrics
+from podium.io import PodiumError
+from podium.rle import RleError, rle_decode, rle_encode
+
+__all__ = ["Sample", "SubmissionFormat", "Competition", "load_competition"]
+
+TASKS = ("binary", "multiclass", "multilabel")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a competition.
+
+    Args:
+        id: the image id as the submission writes it.
+        image: path of the image file.
+        mask: where the mask comes from — a mask file path, an RLE string, a per-class list of
+            either, or None for "no mask" (an empty training mask, or a test image).
+        group: samples sharing a group (car, patient, video) always land in the same fold.
+        stratify: a label folds are balanced on (e.g. empty vs non-empty mask).
+        meta: anything else the adapter needs later (depth, original size...).
+    """
+
+    id: str
+    image: Path
+    mask: Any = None
+    group: str | None = None
+    stratify: Any = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class SubmissionFormat:
+    """How predictions become rows of `submission.csv`.
+
+    `row_id` is a template: "{id}" gives one row per image; "{id}_{class_name}" or
+    "{id}_{class_index}" gives one row per image and class (Severstal-style).
+    """
+
+    id_column: str = "id"
+    mask_column: str = "rle_mask"
+    order: str = "F"
+    base: int = 1
+    empty: str = ""
+    row_id: str = "{id}"
+
+    @property
+    def per_class(self) -> bool:
+        return "{class" in self.row_id
+
+
+class Competition:
+    """Base class of every competition adapter. Subclasses implement `train_samples` and
+    `test_samples`; everything else has a default driven by `competition.yaml`."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.name: str = cfg.name
+        self.data_dir = Path(cfg.data_dir)
+        self.task: str = cfg.task
+        self.classes: list[str] = list(cfg.classes)
+        self.submission = SubmissionFormat(**OmegaConf.to_container(cfg.submission, resolve=True))
+        self.metric_fn = None if cfg.metric == "adapter" else metrics.get_metric(cfg.metric)
+
+    # -- what adapters implement -------------------------------------------------------------
+    def train_samples(self) -> list[Sample]:
+        raise NotImplementedError(f"{type(self).__name__}.train_samples")
+
+    def test_samples(self) -> list[Sample]:
+        raise NotImplementedError(f"{type(self).__name__}.test_samples")
+
+    def prepare(self) -> None:
+        """Create the data for local/generated competitions (`podium download` calls it when the
+        competition has no Kaggle slug). Kaggle competitions are downloaded instead."""
+        raise PodiumError(
+            f"competition {self.name}: no Kaggle slug and no prepare() step; put its files in "
+            f"{self.data_dir}"
+        )
+
+    # -- defaults adapters may override ------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        """Model output channels: 1 for binary, one per class otherwise."""
+        return 1 if self.task == "binary" else len(self.classes)
+
+    def read_image(self, sample: Sample) -> np.ndarray:
+        """HxWx3 uint8 RGB."""
+        return io.read_image(sample.image)
+
+    def read_mask(self, sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+        """The target for `sample` at image size `shape`: HxW {0,1} (binary), HxW class ids
+        (multiclass) or CxHxW {0,1} (multilabel)."""
+        if self.task == "multilabel":
+            sources = (
+                sample.mask
+                if isinstance(sample.mask, (list, tuple))
+                else [None] * len(self.classes)
+            )
+            return np.stack([self._decode_one(sample, s, shape) for s in sources])
+        return self._decode_one(sample, sample.mask, shape, class_ids=self.task == "multiclass")
+
+    def _decode_one(self, sample: Sample, source: Any, shape, class_ids: bool = False):
+        if source is None or (isinstance(source, float) and np.isnan(source)):
+            return np.zeros(shape, dtype=np.uint8)
+        if isinstance(source, Path):
+            mask = io.read_image_gray(source) if class_ids else io.read_mask_png(source)
+            if mask.shape != tuple(shape):
+                raise PodiumError(
+                    f"{source}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
+                    f"{sample.image} is {shape[1]}x{shape[0]}"
+                )
+            return mask
+        try:
+            return rle_decode(str(source), shape, self.submission.order, self.submission.base)
+        except RleError as e:
+            raise PodiumError(f"{self.name}: mask of sample {sample.id}: {e}") from None
+
+    def score_image(self, pred: np.ndarray, target: np.ndarray) -> float:
+        """The competition metric of one image (the competition score is the mean over images)."""
+        if self.metric_fn is None:
+            raise NotImplementedError(f"{type(self).__name__}.score_image (metric: adapter)")
+        return self.metric_fn(pred, target, task=self.task)
+
+    def encode_mask(self, mask: np.ndarray) -> str:
+        """The submission's encoding of one binary HxW mask."""
+        if not mask.any():
+            return self.submission.empty
+        return rle_encode(mask, self.submission.order, self.submission.base)
+
+    def submission_rows(self, sample: Sample, pred: np.ndarray) -> list[tuple[str, str]]:
+        """(row id, encoded mask) rows for one predicted image at its original size."""
+        fmt = self.submission
+        if not fmt.per_class:
+            binary = pred if self.task == "binary" else pred > 0
+            return [(fmt.row_id.format(id=sample.id), self.encode_mask(binary))]
+        rows = []
+        for index, class_name in enumerate(self.classes):
+            channel = pred[index] if self.task == "multilabel" else pred == index
+            row = fmt.row_id.format(id=sample.id, class_name=class_name, class_index=index + 1)
+            rows.append((row, self.encode_mask(channel)))
+        return rows
+
+    def sample_submission_path(self) -> Path:
+        return self.data_dir / self.cfg.sample_submission
+
+    def solution_path(self) -> Path | None:
+        """A local ground truth for `podium score` (generated competitions have one)."""
+        return None
+
+
+def load_competition(cfg: DictConfig) -> Competition:
+    """Instantiate the adapter of `cfg.competition` (the composed podium config)."""
+    comp_cfg = cfg.competition
+    adapter_file = Path(comp_cfg.dir) / "adapter.py"
+    if not adapter_file.is_file():
+        raise PodiumError(f"{adapter_file}: competition adapter not found")
+    spec = importlib.util.spec_from_file_location(
+        f"podium_competition_{comp_cfg.name}", adapter_file
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj)
+        and issubclass(obj, Competition)
+        and obj is not Competition
+        and obj.__module__ == module.__name__
+    ]
+    if len(classes) != 1:
+        raise PodiumError(
+            f"{adapter_file}: expected exactly one Competition subclass, found {len(classes)}"
+        )
+    return classes[0](comp_cfg)

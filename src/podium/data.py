@@ -1,0 +1,263 @@
+"""Data: the segmentation dataset, augmentation presets, persisted folds and data loaders.
+
+Images travel as uint8 tensors and are normalised on the device (4x less to copy than float32).
+Augmentation is seeded per (seed, epoch, sample), so a run is reproducible whatever the number of
+workers or processes, and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from podium import io
+from podium.competition import Competition, Sample
+from podium.io import PodiumError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SegmentationDataset",
+    "build_transforms",
+    "make_folds",
+    "load_or_make_folds",
+    "split_samples",
+    "pad_collate",
+    "resolve_num_workers",
+]
+
+
+# -- augmentation -----------------------------------------------------------------------------
+def build_transforms(cfg_augment: DictConfig, image_size: Sequence[int] | None, train: bool):
+    """Albumentations pipeline: resize to `image_size` (if set), then for training the preset
+    (`none`, `light`, `medium`, `heavy`) and an optional random crop."""
+    steps: list = []
+    if image_size is not None:
+        steps.append(A.Resize(int(image_size[0]), int(image_size[1])))
+    if train:
+        steps += _PRESETS[cfg_augment.preset]()
+        if cfg_augment.get("crop"):
+            h, w = (int(v) for v in cfg_augment.crop)
+            steps += [A.PadIfNeeded(h, w, border_mode=cv2.BORDER_REFLECT_101), A.RandomCrop(h, w)]
+    return A.Compose(steps)
+
+
+def _light() -> list:
+    return [A.HorizontalFlip(p=0.5)]
+
+
+def _medium() -> list:
+    return _light() + [
+        A.Affine(
+            scale=(0.9, 1.1),
+            translate_percent=(-0.0625, 0.0625),
+            rotate=(-15, 15),
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=0.5,
+        ),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+    ]
+
+
+def _heavy() -> list:
+    return _medium() + [
+        A.VerticalFlip(p=0.5),
+        A.OneOf([A.ElasticTransform(), A.GridDistortion(), A.OpticalDistortion()], p=0.25),
+        A.HueSaturationValue(p=0.3),
+        A.OneOf([A.GaussNoise(), A.GaussianBlur(), A.MotionBlur()], p=0.25),
+    ]
+
+
+_PRESETS = {"none": list, "light": _light, "medium": _medium, "heavy": _heavy}
+
+
+# -- dataset ----------------------------------------------------------------------------------
+class SegmentationDataset(Dataset):
+    """Samples of a competition as {"image": uint8 CxHxW, "mask": target, "index": i}.
+
+    The mask is uint8 1xHxW (binary), int64 HxW (multiclass) or uint8 CxHxW (multilabel);
+    test datasets (`with_masks=False`) carry no mask. `seed` and `set_epoch` make augmentation
+    a pure function of (seed, epoch, index).
+    """
+
+    def __init__(
+        self,
+        competition: Competition,
+        samples: Sequence[Sample],
+        transform: A.Compose | None = None,
+        with_masks: bool = True,
+        seed: int = 0,
+    ):
+        self.competition = competition
+        self.samples = list(samples)
+        self.transform = transform
+        self.with_masks = with_masks
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image = self.competition.read_image(sample)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise PodiumError(f"{sample.image}: expected an RGB image, got shape {image.shape}")
+        mask = None
+        if self.with_masks:
+            mask = self.competition.read_mask(sample, image.shape[:2])
+            if mask.shape[-2:] != image.shape[:2]:
+                raise PodiumError(
+                    f"{sample.image}: mask size {mask.shape[-1]}x{mask.shape[-2]} differs from "
+                    f"image size {image.shape[1]}x{image.shape[0]}"
+                )
+            if self.competition.task == "multilabel":
+                mask = np.ascontiguousarray(mask.transpose(1, 2, 0))  # albumentations wants HWC
+        if self.transform is not None:
+            rng_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+            self.transform.set_random_state(
+                np.random.default_rng(rng_seed), random.Random(rng_seed)
+            )
+            out = (
+                self.transform(image=image, mask=mask)
+                if mask is not None
+                else self.transform(image=image)
+            )
+            image, mask = out["image"], out.get("mask")
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "index": index,
+        }
+        if mask is not None:
+            if self.competition.task == "binary":
+                item["mask"] = torch.from_numpy(np.ascontiguousarray(mask[None]))
+            elif self.competition.task == "multiclass":
+                item["mask"] = torch.from_numpy(mask.astype(np.int64))
+            else:
+                item["mask"] = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
+        return item
+
+
+def pad_collate(items: list[dict]) -> dict:
+    """Stack a batch; images of different sizes are zero-padded (bottom/right) to the largest,
+    and `sizes` keeps each original (H, W) so predictions can be cropped back."""
+    sizes = [tuple(item["image"].shape[-2:]) for item in items]
+    height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    batch = {
+        "index": torch.tensor([item["index"] for item in items]),
+        "sizes": torch.tensor(sizes),
+    }
+    for key in ("image", "mask"):
+        if key not in items[0]:
+            continue
+        tensors = [item[key] for item in items]
+        if all(tuple(t.shape[-2:]) == (height, width) for t in tensors):
+            batch[key] = torch.stack(tensors)
+            continue
+        out = tensors[0].new_zeros((len(tensors), *tensors[0].shape[:-2], height, width))
+        for i, t in enumerate(tensors):
+            out[i, ..., : t.shape[-2], : t.shape[-1]] = t
+        batch[key] = out
+    return batch
+
+
+def resolve_num_workers(value: int | str, processes: int = 1) -> int:
+    """`auto`: the CPUs this process may use, shared between processes, at most 8."""
+    if value != "auto":
+        return int(value)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(8, (cpus or 1) // max(1, processes)))
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    sampler=None,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle if sampler is None else False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        collate_fn=pad_collate,
+        generator=generator,
+        persistent_workers=False,  # workers fork each epoch and so see the dataset's epoch
+    )
+
+
+# -- folds ------------------------------------------------------------------------------------
+def make_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> dict[str, int]:
+    """Assign each sample a fold: samples of one group share a fold, and folds are balanced on
+    the stratification key (scikit-learn's StratifiedGroupKFold)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if len(samples) < n_folds:
+        raise PodiumError(f"{len(samples)} samples cannot make {n_folds} folds")
+    groups = [s.group if s.group is not None else s.id for s in samples]
+    if len(set(groups)) < n_folds:
+        raise PodiumError(f"{len(set(groups))} groups cannot make {n_folds} folds")
+    strata = [str(s.stratify) for s in samples]
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = {}
+    for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(samples)), strata, groups)):
+        for i in val_idx:
+            folds[samples[i].id] = fold
+    return folds
+
+
+def load_or_make_folds(samples: Sequence[Sample], path: Path, n_folds: int, seed: int):
+    """Read `folds.csv` (id, fold) if it exists and matches the samples, else make and save it.
+    A folds.csv for other samples or another fold count is an error, never silently replaced."""
+    ids = {s.id for s in samples}
+    if path.is_file():
+        rows = io.read_csv_rows(path)
+        try:
+            folds = {row["id"]: int(row["fold"]) for row in rows}
+        except (KeyError, ValueError):
+            raise PodiumError(f"{path}: expected columns id,fold with integer folds") from None
+        if set(folds) != ids:
+            raise PodiumError(
+                f"{path}: lists {len(folds)} ids but the competition has {len(ids)} "
+                f"({len(set(folds) ^ ids)} differ); delete it to make new folds"
+            )
+        if len(set(folds.values())) != n_folds:
+            raise PodiumError(
+                f"{path}: has {len(set(folds.values()))} folds but competition.n_folds={n_folds}; "
+                "delete it or set competition.n_folds"
+            )
+        return folds
+    folds = make_folds(samples, n_folds, seed)
+    io.write_csv(path, [{"id": s.id, "fold": folds[s.id]} for s in samples], ["id", "fold"])
+    log.info("wrote %s (%d folds, grouped and stratified)", path, n_folds)
+    return folds
+
+
+def split_samples(samples: Sequence[Sample], folds: dict[str, int], fold: int):
+    """(train, validation) samples for `fold`."""
+    train = [s for s in samples if folds[s.id] != fold]
+    val = [s for s in samples if folds[s.id] == fold]
+    if not val:
+        raise PodiumError(
+            f"fold={fold}: no samples in that fold (folds are 0..{max(folds.values())})"
+        )
+    return train, val

@@ -1,0 +1,130 @@
+"""File helpers every stage uses: atomic writes, checked image reads, JSON/CSV output.
+
+A killed process must never leave a file that looks complete, so everything podium writes goes to
+a temporary file in the same folder first and is renamed into place (rename is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+# Decoding threads fight with DataLoader workers and the training step on small machines.
+cv2.setNumThreads(0)
+
+
+class PodiumError(Exception):
+    """An error with a one-line, user-facing message (the CLI prints it and exits non-zero)."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB; a missing or undecodable file is a PodiumError."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise PodiumError(f"{path}: cannot read image (missing or not a valid image file)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel binary mask stored as {0,1} or {0,255}; returns HxW uint8 in {0,1}."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        # OpenCV cannot read GIF (Carvana's masks); Pillow can.
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                mask = np.asarray(im.convert("L"))
+        except (OSError, ValueError):
+            raise PodiumError(
+                f"{path}: cannot read mask (missing or not a valid image file)"
+            ) from None
+    if mask.ndim == 3:
+        if not (mask[..., :1] == mask[..., :3]).all():
+            raise PodiumError(f"{path}: mask has colour channels that differ; expected a grey mask")
+        mask = mask[..., 0]
+    return binarize_mask(mask, path)
+
+
+def binarize_mask(mask: np.ndarray, source: object) -> np.ndarray:
+    """Map a {0,1} or {0,255} mask to {0,1}; any other value is an error naming `source`."""
+    values = np.unique(mask)
+    if np.isin(values, (0, 1)).all():
+        return mask.astype(np.uint8)
+    if np.isin(values, (0, 255)).all():
+        return (mask > 0).astype(np.uint8)
+    # Lossy masks (JPEG) carry values near 0 and 255; accept them only when clearly bimodal.
+    near = (mask < 32) | (mask > 223)
+    if near.mean() > 0.99:
+        return (mask > 127).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:6])
+    raise PodiumError(f"{source}: mask is not binary (values {shown}...); expected 0/1 or 0/255")
+
+
+def read_image_gray(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel label image (e.g. class ids) unchanged, as HxW."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise PodiumError(f"{path}: cannot read label image (missing or not a valid image file)")
+    return image if image.ndim == 2 else image[..., 0]
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """All rows of a CSV file as dicts (values are strings; empty cells are '')."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise PodiumError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PodiumError(f"{path}: not a readable CSV file ({e})") from None
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)

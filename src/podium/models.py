@@ -1,0 +1,200 @@
+"""Models: any segmentation_models_pytorch architecture x encoder, by name, with input padding.
+
+`build_model` returns a `SegmentationModel`: the smp network plus the two things competitions
+need around it — inputs of any size (padded to the encoder's stride and cropped back, so no
+"divisible by 32" errors) and the normalisation constants (kept here, not fetched from the hub).
+
+Pretrained encoder weights (`model.encoder_weights`):
+- `imagenet` (or another smp weight name): the real smp/timm path through the Hugging Face cache.
+  Offline with nothing cached is a PodiumError that says how to fix it.
+- a path to a `.pth`/`.pt`/`.safetensors` state dict of the encoder: loaded locally, and every
+  encoder tensor must arrive (the count is logged).
+- null: random initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from podium.io import PodiumError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SegmentationModel", "build_model", "load_encoder_weights", "pad_to_multiple"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, mode: str = "reflect", value: float = 0.0
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad NCHW `x` on all sides so H and W are multiples of `multiple`.
+
+    Returns the padded tensor and (left, right, top, bottom) for `unpad`. The padding is split
+    evenly so the image stays centred. Reflect padding needs the pad to be smaller than the
+    image; for tiny images it falls back to edge replication.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    if ph == 0 and pw == 0:
+        return x, pads
+    if mode == "constant":
+        return F.pad(x, pads, mode="constant", value=value), pads
+    if mode == "reflect" and (max(pads[:2]) >= w or max(pads[2:]) >= h):
+        mode = "replicate"
+    return F.pad(x, pads, mode=mode), pads
+
+
+def unpad(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    left, right, top, bottom = pads
+    h, w = x.shape[-2:]
+    return x[..., top : h - bottom, left : w - right]
+
+
+class SegmentationModel(nn.Module):
+    """An smp network that takes any input size and keeps its normalisation constants."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        stride: int,
+        pad_mode: str = "reflect",
+        pad_value: float = 0.0,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ):
+        super().__init__()
+        self.net = net
+        self.stride = stride
+        self.pad_mode, self.pad_value = pad_mode, pad_value
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, pads = pad_to_multiple(x, self.stride, self.pad_mode, self.pad_value)
+        return unpad(self.net(padded), pads)
+
+
+def build_model(cfg: DictConfig, num_outputs: int, in_channels: int = 3) -> SegmentationModel:
+    """Build `cfg.arch` with encoder `cfg.encoder` (the `model` config group)."""
+    weights = cfg.encoder_weights
+    local_file = weights is not None and _looks_like_path(str(weights))
+    hub_weights = None if (weights is None or local_file) else weights
+    if hub_weights is not None and cfg.encoder.startswith("tu-"):
+        hub_weights = True  # timm-universal encoders take a flag; the tag is in the name
+    try:
+        net = smp.create_model(
+            cfg.arch,
+            encoder_name=cfg.encoder,
+            encoder_weights=hub_weights,
+            in_channels=in_channels,
+            classes=num_outputs,
+            **dict(cfg.get("kwargs") or {}),
+        )
+    except KeyError as e:
+        raise PodiumError(f"model: {e.args[0] if e.args else e}") from None
+    except Exception as e:  # the hub raises many types; all mean "weights not reachable"
+        if hub_weights is not None and _is_hub_failure(e):
+            raise PodiumError(_offline_message(cfg.encoder, weights)) from None
+        raise
+    model = SegmentationModel(
+        net,
+        stride=int(getattr(net.encoder, "output_stride", 32)),
+        pad_mode=cfg.pad_mode,
+        pad_value=float(cfg.pad_value),
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+    )
+    if local_file:
+        load_encoder_weights(model, Path(str(weights)))
+    return model
+
+
+def load_encoder_weights(model: SegmentationModel, path: Path) -> int:
+    """Load an encoder state dict from a local file; every encoder tensor must arrive.
+
+    Accepts the encoder's own keys, timm-model keys for `tu-` encoders (smp keeps the timm model
+    under `encoder.model`), and whole-model files with an `encoder.` prefix. Classifier heads and
+    other extra keys are ignored. Returns the number of tensors loaded.
+    """
+    if not path.is_file():
+        raise PodiumError(f"model.encoder_weights: {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PodiumError(f"model.encoder_weights: {path}: cannot load ({e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    encoder = model.net.encoder
+    wanted = encoder.state_dict()
+    best: dict[str, torch.Tensor] = {}
+    for prefix_in, prefix_out in (("", ""), ("", "model."), ("encoder.", ""), ("net.encoder.", "")):
+        candidate = {
+            prefix_out + k[len(prefix_in) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix_in) and prefix_out + k[len(prefix_in) :] in wanted
+        }
+        if len(candidate) > len(best):
+            best = candidate
+    missing = [k for k in wanted if k not in best]
+    shape_errors = [k for k, v in best.items() if v.shape != wanted[k].shape]
+    if missing or shape_errors:
+        first = (missing or shape_errors)[0]
+        raise PodiumError(
+            f"model.encoder_weights: {path} does not fit encoder {type(encoder).__name__}: "
+            f"{len(missing)} tensors missing, {len(shape_errors)} of the wrong shape "
+            f"(first: {first})"
+        )
+    encoder.load_state_dict(best, strict=True)
+    log.info("loaded %d/%d encoder tensors from %s", len(best), len(wanted), path)
+    return len(best)
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.endswith(WEIGHT_FILE_SUFFIXES) or os.sep in value
+
+
+def _is_hub_failure(error: Exception) -> bool:
+    names = {type(e).__name__ for e in _chain(error)}
+    hub_errors = {
+        "LocalEntryNotFoundError",
+        "OfflineModeIsEnabled",
+        "ConnectionError",
+        "HfHubHTTPError",
+        "MaxRetryError",
+        "NameResolutionError",
+        "ConnectTimeout",
+        "RepositoryNotFoundError",
+    }
+    return bool(names & hub_errors) or "offline" in str(error).lower()
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _offline_message(encoder: str, weights: str) -> str:
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return (
+        f"model.encoder_weights={weights}: pretrained weights for encoder '{encoder}' are not in "
+        f"the Hugging Face cache ({cache}) and the hub cannot be reached. Fix: run once with "
+        f"internet (or copy a filled cache there), or set model.encoder_weights=PATH to a local "
+        f".pth/.safetensors file, or model.encoder_weights=null to train from scratch"
+    )

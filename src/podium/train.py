@@ -1,0 +1,581 @@
+"""The training loop: one readable function, `train`, from data to checkpoints.
+
+It runs unchanged in one process (CPU or GPU) and as one worker of a torch.distributed job
+(torchrun, or `trainer.devices=N`): rank-dependent work goes through `podium.distributed`.
+
+Run directory (decided once, before any worker starts):
+    config.yaml            resolved config
+    checkpoints/last.pt    everything needed to resume (model, EMA, optimizer, scheduler, scaler,
+    checkpoints/best.pt      RNG states, epoch, early-stopping state); best = best validation score
+    metrics.csv            one row per epoch
+    tb/                    TensorBoard events
+    oof.npz                out-of-fold probabilities of the best epoch (for tuning and ensembling)
+    summary.json           the run's facts for the ledger and write-ups
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import random
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+import podium
+from podium import distributed as dist
+from podium import io
+from podium.competition import Competition, load_competition
+from podium.data import (
+    SegmentationDataset,
+    build_transforms,
+    load_or_make_folds,
+    make_loader,
+    resolve_num_workers,
+    split_samples,
+)
+from podium.io import PodiumError
+from podium.losses import build_loss
+from podium.models import SegmentationModel, build_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "resolve_device", "resolve_precision", "load_run_model", "predict_logits"]
+
+METRICS_COLUMNS = [
+    "epoch", "step", "lr", "train_loss", "val_loss", "val_score", "images_per_s", "elapsed_s",
+]  # fmt: skip
+
+
+# =============================================================================================
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train `cfg` into `run_dir` (resuming from `run_dir/checkpoints/last.pt` when
+    `cfg.resume` is set). Returns the summary written to summary.json."""
+    t_start = time.time()
+    tc = cfg.trainer
+    device = resolve_device()
+    seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))
+    world = dist.world_size()
+
+    # -- data ---------------------------------------------------------------------------------
+    competition = load_competition(cfg)
+    samples = competition.train_samples()
+    folds = load_or_make_folds(
+        samples, competition.data_dir / "folds.csv", int(cfg.competition.n_folds),
+        int(cfg.competition.folds_seed),
+    )  # fmt: skip
+    train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
+    image_size = cfg.competition.image_size
+    train_set = SegmentationDataset(
+        competition, train_samples, build_transforms(cfg.augment, image_size, train=True),
+        seed=int(cfg.seed),
+    )  # fmt: skip
+    val_set = SegmentationDataset(
+        competition, val_samples, build_transforms(cfg.augment, image_size, train=False)
+    )
+    workers = resolve_num_workers(tc.num_workers, processes=world)
+    batch_size, accumulate = int(tc.batch_size), int(tc.accumulate)
+    steps_per_epoch = len(train_set) // (batch_size * world)
+    if tc.limit_train_batches:
+        steps_per_epoch = min(steps_per_epoch, int(tc.limit_train_batches))
+    if steps_per_epoch < accumulate:
+        raise PodiumError(
+            f"trainer.batch_size={batch_size}: {len(train_set)} training images give "
+            f"{steps_per_epoch} batches per epoch per device; lower it"
+        )
+    optimizer_steps_per_epoch = steps_per_epoch // accumulate
+
+    # -- model, EMA, optimizer, schedule, loss ------------------------------------------------
+    model = build_model(cfg.model, competition.num_outputs, int(cfg.competition.in_channels))
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    if tc.sync_batchnorm and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ema_updates = [0]  # Python-side counter: the decay ramp must not sync with the GPU
+    ema = make_ema(model, tc.ema, tc.ema_warmup, ema_updates) if tc.ema else None
+    train_model = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
+    optimizer = build_optimizer(cfg.optimizer, model)
+    total_steps = max(1, optimizer_steps_per_epoch * int(tc.max_epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda=lr_schedule(cfg.scheduler, total_steps, optimizer_steps_per_epoch)
+    )
+    precision = resolve_precision(tc.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_fn = build_loss(cfg.loss, competition.task)
+
+    # -- state: fresh or resumed --------------------------------------------------------------
+    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "stale_epochs": 0}
+    last_ckpt = run_dir / "checkpoints" / "last.pt"
+    if cfg.resume:
+        if not last_ckpt.is_file():
+            raise PodiumError(f"resume={cfg.resume}: no checkpoints/last.pt there to resume from")
+        state = restore_checkpoint(last_ckpt, model, ema, optimizer, scheduler, scaler, device)
+        ema_updates[0] = state["step"]
+        log.info("resumed %s at epoch %d", run_dir, state["epoch"])
+        # A longer run gets a longer schedule: rebuild the LR lambda for the new total.
+        scheduler.lr_lambdas[0] = lr_schedule(cfg.scheduler, total_steps, optimizer_steps_per_epoch)
+
+    writer = None
+    if dist.is_main():
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=state["step"] or None)
+        log.info(
+            "%s fold %d: %d train / %d val images, global batch %d (%d x %d devices x %d accum), "
+            "%s, %s", competition.name, cfg.fold, len(train_set), len(val_set),
+            batch_size * world * accumulate, batch_size, world, accumulate, device, precision,
+        )  # fmt: skip
+
+    # -- the loop -----------------------------------------------------------------------------
+    images_seen, train_time = 0, 0.0
+    max_epochs, status = int(tc.max_epochs), "finished"
+    for epoch in range(state["epoch"], max_epochs):
+        train_set.set_epoch(epoch)
+        loader = train_loader(train_set, batch_size, workers, int(cfg.seed), epoch)
+        train_model.train()
+        t_epoch = time.time()
+        running_loss = torch.zeros((), device=device)
+        progress = tqdm(
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False,
+            disable=not (tc.progress and dist.is_main()), mininterval=1.0,
+        )  # fmt: skip
+        batches = iter(loader)
+        for micro in range(steps_per_epoch):
+            batch = next(batches)
+            images = to_input(batch["image"], model, device, memory_format)
+            masks = batch["mask"].to(device, non_blocking=True)
+            last_micro = (micro + 1) % accumulate == 0
+            # Under DDP, only the last micro-batch of an accumulation all-reduces gradients.
+            sync = (
+                train_model.no_sync()
+                if (world > 1 and not last_micro)
+                else contextlib.nullcontext()
+            )
+            with sync, autocast(device, precision):
+                loss = loss_fn(train_model(images), masks) / accumulate
+            with sync:
+                scaler.scale(loss).backward()
+            running_loss += loss.detach() * accumulate
+            if last_micro:
+                if tc.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                state["step"] += 1
+                if ema is not None:
+                    ema_updates[0] += 1
+                    ema.update_parameters(model)
+                if writer and state["step"] % int(tc.log_every) == 0:
+                    writer.add_scalar("train/loss", loss.item() * accumulate, state["step"])
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state["step"])
+            progress.update()
+        progress.close()
+        del batches, loader
+        epoch_time = time.time() - t_epoch
+        train_time += epoch_time
+        images_seen += steps_per_epoch * batch_size * world
+        train_loss = float(dist.reduce_mean(running_loss / steps_per_epoch))
+
+        # -- validation, checkpoints, logs ------------------------------------------------------
+        eval_model = ema.module if ema is not None else model
+        last_epoch = epoch + 1 == max_epochs
+        validate_now = (epoch + 1) % int(tc.val_every) == 0 or last_epoch
+        result = (
+            validate(eval_model, val_set, competition, cfg, device, memory_format, loss_fn)
+            if validate_now
+            else None
+        )
+        state["epoch"] = epoch + 1
+        improved = result is not None and result["score"] > state["best_score"]
+        if improved:
+            state.update(best_score=result["score"], best_epoch=epoch + 1, stale_epochs=0)
+        elif result is not None:
+            state["stale_epochs"] += 1
+        if dist.is_main():
+            row = {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "lr": f"{scheduler.get_last_lr()[0]:.6g}",
+                "train_loss": f"{train_loss:.6f}",
+                "val_loss": f"{result['loss']:.6f}" if result else "",
+                "val_score": f"{result['score']:.6f}" if result else "",
+                "images_per_s": f"{steps_per_epoch * batch_size * world / epoch_time:.2f}",
+                "elapsed_s": f"{time.time() - t_start:.1f}",
+            }
+            append_metrics(run_dir / "metrics.csv", row)
+            writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
+            if result:
+                writer.add_scalar("val/loss", result["loss"], epoch + 1)
+                writer.add_scalar(f"val/{cfg.competition.metric}", result["score"], epoch + 1)
+                log.info(
+                    "epoch %d: train loss %.4f, val loss %.4f, val %s %.4f%s", epoch + 1,
+                    train_loss, result["loss"], cfg.competition.metric, result["score"],
+                    " (best)" if improved else "",
+                )  # fmt: skip
+            writer.flush()
+            checkpoint = make_checkpoint(model, ema, optimizer, scheduler, scaler, state, cfg)
+            if improved:
+                save_checkpoint(checkpoint, run_dir / "checkpoints" / "best.pt")
+                if tc.save_oof:
+                    write_oof(run_dir / "oof.npz", val_samples, result["probs"], result["masks"])
+            save_checkpoint(checkpoint, last_ckpt)  # last: a kill after this resumes here
+        dist.barrier()
+        if tc.early_stopping and state["stale_epochs"] >= int(tc.early_stopping):
+            status = "early_stopped"
+            if dist.is_main():
+                log.info("early stopping: %d epochs without improvement", state["stale_epochs"])
+            break
+
+    summary = {
+        "competition": competition.name,
+        "experiment_name": cfg.experiment_name,
+        "fold": int(cfg.fold),
+        "seed": int(cfg.seed),
+        "metric": cfg.competition.metric,
+        "best_score": state["best_score"] if state["best_epoch"] > 0 else None,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "status": status,
+        "train_images_per_s": round(images_seen / train_time, 2) if train_time else None,
+        "images_seen": images_seen,
+        "duration_s": round(time.time() - t_start, 1),
+        "arch": cfg.model.arch,
+        "encoder": cfg.model.encoder,
+        "encoder_weights": None
+        if cfg.model.encoder_weights is None
+        else str(cfg.model.encoder_weights),
+        "loss": cfg.loss.name,
+        "world_size": world,
+        "global_batch": batch_size * world * accumulate,
+        "device": str(device.type),
+        "precision": precision,
+        "config_hash": config_hash(cfg),
+        "git_sha": git_sha(),
+        "podium_version": podium.__version__,
+        "run_dir": str(run_dir),
+    }
+    if dist.is_main():
+        if cfg.resume and (run_dir / "summary.json").is_file():
+            # Across resumes the run's own totals add up.
+            before = io.read_json(run_dir / "summary.json")
+            summary["duration_s"] = round(before.get("duration_s", 0) + summary["duration_s"], 1)
+            summary["images_seen"] += before.get("images_seen", 0)
+        io.write_json(run_dir / "summary.json", summary)
+        writer.close()
+        from podium import ledger
+
+        ledger.record_run(ledger.ledger_path(cfg.paths.runs_dir, competition.name), summary)
+    return summary
+
+
+# =============================================================================================
+# The pieces `train` uses, in the order it uses them.
+def resolve_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", dist.local_rank())
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def make_ema(model: torch.nn.Module, decay: float, warmup: bool, counter: list[int]):
+    """An exponential moving average of the weights (and BN buffers) via torch's AveragedModel.
+    With warm-up the decay ramps as min(decay, (1 + n) / (10 + n)) over the first updates."""
+    decay = float(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _n) -> None:
+        if not averaged[0].is_floating_point():  # e.g. BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        n = counter[0]
+        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and normalisation weights (1-d tensors), as is standard.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": float(cfg.weight_decay)},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=float(cfg.lr), betas=tuple(cfg.betas))
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=float(cfg.lr), momentum=float(cfg.momentum), nesterov=bool(cfg.nesterov)
+        )
+    raise PodiumError(f"optimizer.name={cfg.name}: unknown (adamw | sgd)")
+
+
+def lr_schedule(cfg: DictConfig, total_steps: int, steps_per_epoch: int):
+    """LR multiplier per optimizer step: linear warm-up, then cosine / poly / constant."""
+    warmup = int(float(cfg.warmup_epochs) * steps_per_epoch)
+    floor = float(cfg.min_lr_ratio)
+    name = cfg.name
+    if name not in ("cosine", "poly", "constant"):
+        raise PodiumError(f"scheduler.name={name}: unknown (cosine | poly | constant)")
+    power = float(cfg.get("power", 0.9))
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if name == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if name == "poly":
+            return max(floor, (1 - progress) ** power)
+        return 1.0
+
+    return multiplier
+
+
+def resolve_precision(value: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that support it, else fp16 on CUDA; fp32 on CPU (CPU autocast rarely
+    pays off for convolutions)."""
+    if value != "auto":
+        if value not in ("bf16", "fp16", "fp32"):
+            raise PodiumError(f"trainer.precision={value}: expected auto | bf16 | fp16 | fp32")
+        return value
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int):
+    """The epoch's loader: order depends only on (seed, epoch), so resuming replays it exactly.
+    Under DDP each rank takes its DistributedSampler share of the same permutation."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    sampler = None
+    if dist.world_size() > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, shuffle=True, seed=seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+    return make_loader(
+        dataset, batch_size, workers, sampler=sampler, shuffle=True, drop_last=True,
+        generator=generator,
+    )  # fmt: skip
+
+
+def to_input(images: torch.Tensor, model: SegmentationModel, device, memory_format):
+    """uint8 NCHW -> normalised float on the device."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    mean = torch.tensor(model.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, device=device).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=memory_format)
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    return logits.softmax(1) if task == "multiclass" else logits.sigmoid()
+
+
+def binarize(probs: np.ndarray, task: str, threshold: float) -> np.ndarray:
+    """Hard masks from CxHxW probabilities: HxW for binary/multiclass, CxHxW for multilabel."""
+    if task == "multiclass":
+        return probs.argmax(0).astype(np.uint8)
+    hard = (probs > threshold).astype(np.uint8)
+    return hard[0] if task == "binary" else hard
+
+
+@torch.inference_mode()
+def validate(model, dataset, competition: Competition, cfg, device, memory_format, loss_fn):
+    """Score every validation image exactly once across ranks (rank r takes images r, r+W, ...,
+    no padding duplicates) with the competition metric; gather on every rank."""
+    model.eval()
+    indices = list(range(dist.rank(), len(dataset), dist.world_size()))
+    subset = torch.utils.data.Subset(dataset, indices)
+    workers = resolve_num_workers(cfg.trainer.num_workers, processes=dist.world_size())
+    loader = make_loader(subset, int(cfg.trainer.batch_size), workers)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    threshold, task = float(cfg.trainer.threshold), competition.task
+    local = []  # (dataset index, score, loss, probs uint8, mask uint8)
+    for batch in loader:
+        images = to_input(batch["image"], model, device, memory_format)
+        with autocast(device, precision):
+            logits = model(images)
+        logits = logits.float()
+        masks = batch["mask"]
+        probs = probabilities(logits, task).cpu().numpy()
+        pairs = zip(batch["index"].tolist(), batch["sizes"].tolist(), strict=True)
+        for j, (index, (h, w)) in enumerate(pairs):
+            p = probs[j, :, :h, :w]
+            target = masks[j, ..., :h, :w].numpy()
+            loss = float(
+                loss_fn(logits[j : j + 1, :, :h, :w], masks[j : j + 1, ..., :h, :w].to(device))
+            )
+            truth = target[0] if task == "binary" else target
+            score = competition.score_image(binarize(p, task, threshold), truth)
+            local.append((index, score, loss, quantize(p), target.astype(np.uint8)))
+    gathered = sorted(
+        (item for part in dist.all_gather_objects(local) for item in part), key=lambda r: r[0]
+    )
+    if len(gathered) != len(dataset):
+        raise RuntimeError(f"validation covered {len(gathered)} of {len(dataset)} images")
+    return {
+        "score": float(np.mean([r[1] for r in gathered])),
+        "loss": float(np.mean([r[2] for r in gathered])),
+        "scores": [r[1] for r in gathered],
+        "probs": [r[3] for r in gathered],
+        "masks": [r[4] for r in gathered],
+    }
+
+
+def quantize(probs: np.ndarray) -> np.ndarray:
+    """Probabilities as uint8 (p * 255, rounded): 4x smaller OOF files, error < 0.002."""
+    return np.rint(probs * 255.0).astype(np.uint8)
+
+
+def write_oof(path: Path, samples, probs: list[np.ndarray], masks: list[np.ndarray]) -> None:
+    """Out-of-fold predictions as an .npz: `ids`, and per image `prob_<i>` (uint8 CxHxW,
+    p*255) and `mask_<i>` (the target at the same size). Streamed, then renamed into place."""
+    with io.atomic_write(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        arrays = {"ids": np.array([s.id for s in samples])}
+        for i, (p, m) in enumerate(zip(probs, masks, strict=True)):
+            arrays[f"prob_{i}"], arrays[f"mask_{i}"] = p, m
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """Append one row to metrics.csv, rewriting it atomically (it is small)."""
+    rows = io.read_csv_rows(path) if path.is_file() else []
+    rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])] + [row]  # resumed epochs
+    io.write_csv(path, rows, METRICS_COLUMNS)
+
+
+def make_checkpoint(model, ema, optimizer, scheduler, scaler, state, cfg) -> dict:
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        "state": dict(state),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "podium_version": podium.__version__,
+    }
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    with io.atomic_write(path, "wb") as f:
+        torch.save(checkpoint, f)
+
+
+def restore_checkpoint(path, model, ema, optimizer, scheduler, scaler, device) -> dict:
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(checkpoint["model"])
+    if ema is not None and checkpoint["ema"] is not None:
+        ema.load_state_dict(checkpoint["ema"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    return dict(checkpoint["state"])
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "best", weights: str = "ema"):
+    """(model, config) of a finished run, with its EMA (or raw) weights, in eval mode on CPU.
+    No pretrained weights are fetched: the run's weights replace them anyway."""
+    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise PodiumError(f"{path}: no checkpoint (did the run finish an epoch?)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = OmegaConf.create(saved["config"])
+    model_cfg = OmegaConf.merge(cfg.model, {"encoder_weights": None})
+    competition_outputs = 1 if cfg.competition.task == "binary" else len(cfg.competition.classes)
+    model = build_model(model_cfg, competition_outputs, int(cfg.competition.in_channels))
+    if weights == "ema" and saved.get("ema") is not None:
+        state = {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
+    else:
+        state = saved["model"]
+    model.load_state_dict(state)
+    return model.eval(), cfg
+
+
+@torch.inference_mode()
+def predict_logits(model: SegmentationModel, images: torch.Tensor, device, precision="fp32"):
+    """Float logits of a uint8 NCHW batch (the one forward pass prediction code shares)."""
+    x = to_input(images, model, device, torch.channels_last)
+    with autocast(device, precision):
+        return model(x).float()
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of the settings that change the model (not fold/seed/paths/names)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("fold", "seed", "paths", "experiment_name", "resume"):
+        container.pop(key, None)
+    container.get("trainer", {}).pop("devices", None)
+    return hashlib.sha1(repr(sorted(container.items())).encode()).hexdigest()[:10]
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def main(cfg: DictConfig, run_dir: Path) -> float | None:
+    """`podium train`: write the resolved config once, then train in this process (or as this
+    worker of a distributed job). Returns the best score (Hydra sweepers optimise it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    summary = train(cfg, run_dir)
+    return summary["best_score"]
