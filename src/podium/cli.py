@@ -119,6 +119,9 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
 
     task.__module__ = "podium"  # hydra names the job (and its log file) after the function
     task.__name__ = command
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()  # a previous in-process command may have left it set
     saved_argv = sys.argv
     sys.argv = [f"podium {command}", *args]
     try:
@@ -171,16 +174,17 @@ def download(cfg: DictConfig) -> int:
         paths = kaggle.download(cfg.competition.kaggle, competition.data_dir, files, cfg.force)
         log.info("%s: %d files in %s", cfg.competition.kaggle, len(paths), competition.data_dir)
         return 0
+    # The marker records the options the data was made with: other options make it again.
     marker = competition.data_dir / ".podium-prepared"
-    if marker.is_file() and not cfg.force:
-        log.info(
-            "%s: already prepared in %s (force=true to redo)",
-            competition.name,
-            competition.data_dir,
-        )
+    options = OmegaConf.to_container(cfg.competition.options, resolve=True)
+    made_with = {"competition": competition.name, "options": options}
+    if marker.is_file() and io.read_json(marker) == made_with and not cfg.force:
+        where = competition.data_dir
+        log.info("%s: already prepared in %s (force=true to redo)", competition.name, where)
         return 0
+    (competition.data_dir / "folds.csv").unlink(missing_ok=True)  # folds of the old data
     competition.prepare()
-    io.write_json(marker, {"competition": competition.name})
+    io.write_json(marker, made_with)
     log.info("%s: prepared in %s", competition.name, competition.data_dir)
     return 0
 

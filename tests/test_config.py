@@ -1,0 +1,85 @@
+"""Config composition, overrides, and one-line errors for misspelt keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_podium
+
+from podium.config import ConfigError, check_overrides, compose_config
+
+
+def test_train_config_composes_every_group():
+    cfg = compose_config("train")
+    for group in ("competition", "model", "loss", "optimizer", "scheduler", "augment", "trainer"):
+        assert group in cfg, group
+    for key in ("fold", "seed", "experiment_name", "resume"):
+        assert key in cfg
+    assert cfg.competition.name == "demo_shapes"
+    assert cfg.trainer.batch_size > 0
+
+
+def test_paths_resolve_from_project_root_not_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config("train")
+    assert Path(cfg.paths.data_dir) == ROOT / "data"
+    assert Path(cfg.competition.data_dir) == ROOT / "data" / "demo_shapes"
+
+
+def test_overrides_reach_nested_keys_and_groups():
+    cfg = compose_config(
+        "train", ["model.encoder=resnet18", "loss=dice", "trainer.max_epochs=3", "fold=2"]
+    )
+    assert cfg.model.encoder == "resnet18"
+    assert cfg.loss.name == "dice" and dict(cfg.loss.weights) == {"dice": 1.0}
+    assert cfg.trainer.max_epochs == 3 and cfg.fold == 2
+
+
+def test_experiment_preset_overrides_groups():
+    cfg = compose_config("train", ["experiment=demo"])
+    assert cfg.experiment_name == "demo"
+    assert cfg.model.encoder == "mobilenet_v2" and cfg.model.encoder_weights is None
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.encodr=resnet34", "model.encodr"),
+        ("trainer.max_epoch=3", "trainer.max_epoch"),
+        ("model=unet_tiny", "unet_tiny"),
+        ("competition=no-such-comp", "no-such-comp"),
+    ],
+)
+def test_bad_override_is_a_config_error_naming_it(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        check_overrides("train", [override])
+
+
+def test_sweep_overrides_are_checked_with_their_first_value():
+    check_overrides("train", ["fold=0,1,2", "seed=range(0,3)"])
+    with pytest.raises(ConfigError, match="trainer.max_epoch"):
+        check_overrides("train", ["trainer.max_epoch=1,2"])
+
+
+def test_misspelt_key_exits_2_with_one_line():
+    proc = run_podium("train", "model.encodr=resnet34", check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model.encodr" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_unknown_command_exits_2():
+    proc = run_podium("trian", check=False)
+    assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
+
+
+def test_competition_yaml_with_unknown_key_is_rejected(tmp_path):
+    from podium.config import load_competition_yaml
+
+    folder = tmp_path / "my-comp"
+    folder.mkdir()
+    (folder / "competition.yaml").write_text("task: binary\ntaks: binary\n")
+    with pytest.raises(ConfigError, match="unknown key 'taks'"):
+        load_competition_yaml(folder / "competition.yaml")
