@@ -9,6 +9,10 @@ ground truth are both empty scores 1; an empty truth with a non-empty prediction
 scores 0.
 
 Shapes: binary HxW {0,1}; multiclass HxW class ids (0 = background); multilabel CxHxW {0,1}.
+
+The EndoVis 2017 robotic-instrument metrics (`endovis_iou`, `endovis_dice`) differ from `iou` and
+`dice` on multiclass masks only: they average over the classes present in the ground truth, so a
+class predicted where the frame has none costs nothing unless the frame has no instrument at all.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["dice", "iou", "tgs_map", "get_metric", "METRICS"]
+__all__ = ["dice", "iou", "tgs_map", "endovis_iou", "endovis_dice", "get_metric", "METRICS"]
 
 
 def _overlap(pred: np.ndarray, target: np.ndarray, score: Callable[[int, int, int], float]):
@@ -75,7 +79,36 @@ def tgs_map(pred: np.ndarray, target: np.ndarray, task: str = "binary") -> float
     return float((score > TGS_THRESHOLDS).mean())
 
 
-METRICS: dict[str, Callable[..., float]] = {"dice": dice, "iou": iou, "tgs_map": tgs_map}
+def _truth_classes(pred, target, task, counts) -> float:
+    if task != "multiclass":
+        return _per_class(pred, target, task, counts)
+    truth = np.unique(target)
+    truth = truth[truth != 0]
+    if truth.size == 0:  # no instrument in the frame: right only if none is predicted
+        return 0.0 if (pred != 0).any() else 1.0
+    return float(np.mean([_overlap(pred == c, target == c, counts) for c in truth]))
+
+
+def endovis_iou(pred: np.ndarray, target: np.ndarray, task: str = "binary") -> float:
+    """EndoVis 2017 robotic-instrument IoU of one frame, as the winning team's evaluation code
+    computes it (ternaus/robot-surgery-segmentation evaluate.py, `general_jaccard`): the mean IoU
+    over the classes present in the ground truth; a frame without instruments scores 1 if the
+    prediction is empty too, else 0. Binary masks: plain IoU with empty/empty = 1."""
+    return _truth_classes(pred, target, task, _iou_counts)
+
+
+def endovis_dice(pred: np.ndarray, target: np.ndarray, task: str = "binary") -> float:
+    """Dice counterpart of `endovis_iou` (`general_dice` in the same file)."""
+    return _truth_classes(pred, target, task, _dice_counts)
+
+
+METRICS: dict[str, Callable[..., float]] = {
+    "dice": dice,
+    "iou": iou,
+    "tgs_map": tgs_map,
+    "endovis_iou": endovis_iou,
+    "endovis_dice": endovis_dice,
+}
 
 
 def get_metric(name: str) -> Callable[..., float]:

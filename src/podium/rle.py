@@ -2,27 +2,49 @@
 
 Two conventions vary between competitions and are always explicit here:
 - `order`: the pixel order of the flattened mask, "F" (column-major: top to bottom, then left to
-  right; TGS Salt, Ultrasound Nerve) or "C" (row-major: left to right, then top to bottom; Carvana).
+  right; TGS Salt, Ultrasound Nerve, Severstal, Airbus) or "C" (row-major: left to right, then top
+  to bottom; Carvana). /work/shared/data/kaggle_masks/README.md shows which, from the data.
 - `base`: the index of the first pixel, 1 for every Kaggle competition seen so far.
 
-The encoder and decoder are vectorised (numpy) and the decoder is strict: runs must be pairs of
-positive integers, sorted, non-overlapping and inside the image. Anything else raises RleError with
-the reason; callers add the file and row.
+The encoder and decoder are vectorised (numpy) and the decoder is strict: a run-length string is
+whitespace-separated pairs of non-negative decimal integers `start length`, with starts >= base,
+lengths > 0, runs sorted, not overlapping, and inside the image. Anything else raises RleError
+with the reason (which pair, which value); callers add the file and row. `rle_parse` checks a
+string without building the mask, so a whole submission is validated in O(text).
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-__all__ = ["RleError", "rle_encode", "rle_decode", "rle_runs"]
+__all__ = ["RleError", "rle_encode", "rle_decode", "rle_runs", "rle_parse"]
+
+ORDERS = ("F", "C")
+# Digits and blanks only: rules out signs, decimals, commas, 'nan' and non-ASCII digits at once.
+_RLE_TEXT = re.compile(r"[0-9 ]*")
+_MAX_DIGITS = 15  # larger values cannot be pixel indices and would overflow int64 arithmetic
 
 
 class RleError(ValueError):
     """A malformed run-length string (the message says why)."""
 
 
+def _check_convention(order: str, base: int) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"rle: order must be 'F' (column-major) or 'C' (row-major), got {order!r}")
+    _check_base(base)
+
+
+def _check_base(base: int) -> None:
+    if base not in (0, 1):
+        raise ValueError(f"rle: base must be 0 or 1, got {base!r}")
+
+
 def rle_runs(mask: np.ndarray, order: str = "F", base: int = 1) -> np.ndarray:
     """Return the flat (start, length, start, length, ...) array of the mask's foreground runs."""
+    _check_convention(order, base)
     if mask.ndim != 2:
         raise ValueError(f"rle: expected a 2-D mask, got shape {mask.shape}")
     flat = np.asarray(mask, dtype=bool).ravel(order=order)
@@ -42,53 +64,87 @@ def rle_encode(mask: np.ndarray, order: str = "F", base: int = 1) -> str:
     return " ".join(map(str, rle_runs(mask, order, base).tolist()))
 
 
+def rle_parse(
+    rle: str | None, shape: int | tuple[int, int] | None = None, base: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check a run-length string and return its runs as (starts, lengths) int64 arrays, starts
+    0-based. With `shape` ((H, W) or a pixel count) runs past the image end are refused too.
+    None and an empty or blank string are the empty mask; anything malformed raises RleError."""
+    _check_base(base)
+    text = "" if rle is None else str(rle)
+    if not text.strip():
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    if not _RLE_TEXT.fullmatch(text):
+        raise RleError(_explain_bad_text(text))
+    tokens = text.split()
+    too_long = next((i for i, t in enumerate(tokens) if len(t) > _MAX_DIGITS), None)
+    if too_long is not None:
+        raise RleError(f"value {too_long + 1} ({tokens[too_long][:20]}...) is far too large")
+    runs = np.array(tokens, dtype=np.int64)
+    if runs.size % 2:
+        raise RleError(f"odd number of values ({runs.size}); expected start/length pairs")
+    starts, lengths = runs[::2] - base, runs[1::2]
+    bad = np.flatnonzero(starts < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise RleError(f"pair {i + 1}: start {int(starts[i]) + base} is below {base}")
+    bad = np.flatnonzero(lengths <= 0)
+    if bad.size:
+        i = int(bad[0])
+        raise RleError(f"pair {i + 1}: run length {int(lengths[i])} is not positive")
+    ends = starts + lengths
+    if starts.size > 1:
+        bad = np.flatnonzero(starts[1:] <= starts[:-1])
+        if bad.size:
+            i = int(bad[0]) + 1
+            raise RleError(
+                f"pair {i + 1}: runs are not sorted (start {int(starts[i]) + base} after "
+                f"{int(starts[i - 1]) + base})"
+            )
+        bad = np.flatnonzero(starts[1:] < ends[:-1])
+        if bad.size:
+            i = int(bad[0]) + 1
+            raise RleError(
+                f"pair {i + 1}: run {_span(starts[i], ends[i], base)} overlaps the previous run "
+                f"{_span(starts[i - 1], ends[i - 1], base)}"
+            )
+    size = None if shape is None else int(np.prod(shape))
+    if size is not None and ends[-1] > size:
+        i = int(np.flatnonzero(ends > size)[0])
+        image = "image" if np.ndim(shape) == 0 else f"{shape[0]}x{shape[1]} image"
+        raise RleError(
+            f"pair {i + 1}: run {_span(starts[i], ends[i], base)} ends past the image end "
+            f"(the {image} has pixels {base}..{size - 1 + base})"
+        )
+    return starts, lengths
+
+
 def rle_decode(rle: str, shape: tuple[int, int], order: str = "F", base: int = 1) -> np.ndarray:
     """Decode an RLE string into an HxW uint8 mask in {0,1}; malformed input raises RleError."""
+    _check_convention(order, base)
     height, width = int(shape[0]), int(shape[1])
     size = height * width
-    flat = np.zeros(size, dtype=np.uint8)
-    text = "" if rle is None else str(rle).strip()
-    if text and text.lower() != "nan":
-        tokens = text.split()
-        try:
-            runs = np.array([int(t) for t in tokens], dtype=np.int64)
-        except ValueError:
-            bad = next(t for t in tokens if not _is_int(t))
-            raise RleError(f"'{bad[:20]}' is not an integer") from None
-        if runs.size % 2:
-            raise RleError(f"odd number of values ({runs.size}); expected start/length pairs")
-        starts, lengths = runs[::2] - base, runs[1::2]
-        if (starts < 0).any():
-            raise RleError(f"start {int(starts[starts < 0][0]) + base} is below {base}")
-        if (lengths <= 0).any():
-            raise RleError(f"run length {int(lengths[lengths <= 0][0])} is not positive")
-        ends = starts + lengths
-        if starts.size > 1:
-            if (np.diff(starts) <= 0).any():
-                i = int(np.flatnonzero(np.diff(starts) <= 0)[0]) + 1
-                raise RleError(
-                    f"runs are not sorted (start {int(starts[i]) + base} after "
-                    f"{int(starts[i - 1]) + base})"
-                )
-            if (starts[1:] < ends[:-1]).any():
-                i = int(np.flatnonzero(starts[1:] < ends[:-1])[0]) + 1
-                raise RleError(f"run at {int(starts[i]) + base} overlaps the previous run")
-        if ends.size and ends[-1] > size:
-            raise RleError(
-                f"run ends at pixel {int(ends[-1]) - 1 + base}, past the image end "
-                f"({height}x{width} = {size} pixels)"
-            )
-        # Mark run boundaries with +1/-1 and integrate: O(pixels), no Python loop over runs.
-        delta = np.zeros(size + 1, dtype=np.int8)
-        delta[starts] += 1  # starts are unique, and so are ends (sorted, non-overlapping)
-        delta[ends] -= 1
-        flat = np.cumsum(delta[:-1], dtype=np.int8).astype(np.uint8)
+    starts, lengths = rle_parse(rle, (height, width), base)
+    # Mark run boundaries with +1/-1 and integrate: O(pixels), no Python loop over runs.
+    delta = np.zeros(size + 1, dtype=np.int8)
+    delta[starts] += 1  # starts are unique, and so are ends (sorted, non-overlapping)
+    delta[starts + lengths] -= 1
+    flat = np.cumsum(delta[:-1], dtype=np.int8).view(np.uint8)
     return flat.reshape((height, width), order=order)
 
 
-def _is_int(token: str) -> bool:
-    try:
-        int(token)
-    except ValueError:
-        return False
-    return True
+def _span(start: int, end: int, base: int) -> str:
+    return f"{int(start) + base}..{int(end) - 1 + base}"
+
+
+def _explain_bad_text(text: str) -> str:
+    """The first offending value of a string with characters other than digits and blanks."""
+    for position, token in enumerate(text.split(), start=1):
+        if not _RLE_TEXT.fullmatch(token):
+            if token.lower() in ("nan", "none", "null"):
+                return f"value {position} is {token!r}: not a run-length string"
+            if "," in token or ";" in token:
+                return f"value {position} {token[:20]!r} contains a separator; use spaces"
+            return f"value {position} {token[:20]!r} is not a non-negative integer"
+    return "values must be separated by spaces (found a tab or a line break)"
