@@ -4,12 +4,20 @@ A competition differs from another in a few places only: where the files are, ho
 encoded, how samples group (car, patient, video), the metric and the submission format. An
 adapter subclasses `Competition`, lists its samples, and overrides only what differs; the folder's
 `competition.yaml` holds the settings (task, classes, metric, submission format...).
+
+Conventions shared by every stage:
+- multiclass: `classes[0]` is the background (class id 0); a per-class submission has one row
+  per foreground class, `{class_index}` being the class id (1..K-1).
+- multilabel: one channel per class; `{class_index}` is 1-based (Severstal's ClassId).
+- test image sizes come from `image_shape`: `Sample.meta["shape"]`, else `options.image_shape`
+  (a fixed [H, W] in competition.yaml), else the image file's header (no decoding).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +29,7 @@ from podium import io, metrics
 from podium.io import PodiumError
 from podium.rle import RleError, rle_decode, rle_encode
 
-__all__ = ["Sample", "SubmissionFormat", "Competition", "load_competition"]
+__all__ = ["Sample", "SubmissionFormat", "Competition", "RowTarget", "load_competition"]
 
 TASKS = ("binary", "multiclass", "multilabel")
 
@@ -67,6 +75,19 @@ class SubmissionFormat:
     def per_class(self) -> bool:
         return "{class" in self.row_id
 
+    def is_empty(self, value: str | None) -> bool:
+        """Whether a submission/label value is this format's empty-mask token (blanks ignored)."""
+        return value is None or str(value).strip() == self.empty.strip()
+
+
+@dataclass(frozen=True)
+class RowTarget:
+    """What one submission row encodes: the mask of `class_index` (None: the whole foreground)
+    in the image of `sample`."""
+
+    sample: Sample
+    class_index: int | None = None
+
 
 class Competition:
     """Base class of every competition adapter. Subclasses implement `train_samples` and
@@ -79,6 +100,12 @@ class Competition:
         self.task: str = cfg.task
         self.classes: list[str] = list(cfg.classes)
         self.submission = SubmissionFormat(**OmegaConf.to_container(cfg.submission, resolve=True))
+        self.options: DictConfig = cfg.get("options") or OmegaConf.create({})
+        if cfg.metric != "adapter" and cfg.metric not in metrics.METRICS:
+            raise PodiumError(
+                f"competition {self.name}: unknown metric '{cfg.metric}' "
+                f"(known: {', '.join(metrics.METRICS)}, or 'adapter')"
+            )
         self.metric_fn = None if cfg.metric == "adapter" else metrics.get_metric(cfg.metric)
 
     # -- what adapters implement -------------------------------------------------------------
@@ -119,7 +146,9 @@ class Competition:
         return self._decode_one(sample, sample.mask, shape, class_ids=self.task == "multiclass")
 
     def _decode_one(self, sample: Sample, source: Any, shape, class_ids: bool = False):
-        if source is None or (isinstance(source, float) and np.isnan(source)):
+        if isinstance(source, float) and np.isnan(source):  # pandas' empty cell
+            source = None
+        if source is None or (isinstance(source, str) and self.submission.is_empty(source)):
             return np.zeros(shape, dtype=np.uint8)
         if isinstance(source, Path):
             mask = io.read_image_gray(source) if class_ids else io.read_mask_png(source)
@@ -146,18 +175,83 @@ class Competition:
             return self.submission.empty
         return rle_encode(mask, self.submission.order, self.submission.base)
 
+    def decode_mask(self, value: str | None, shape: tuple[int, int]) -> np.ndarray:
+        """The binary HxW mask of one submission (or solution) value; RleError if malformed."""
+        if self.submission.is_empty(value):
+            return np.zeros(shape, dtype=np.uint8)
+        return rle_decode(value, shape, self.submission.order, self.submission.base)
+
+    # -- submission layout -------------------------------------------------------------------
+    def submission_classes(self) -> list[tuple[int, str]]:
+        """(class_index, class name) of the classes a per-class submission has rows for."""
+        if self.task == "multiclass":
+            return list(enumerate(self.classes))[1:]  # classes[0] is the background
+        return [(index + 1, name) for index, name in enumerate(self.classes)]
+
+    def submission_layout(self, samples: Iterable[Sample]) -> dict[str, RowTarget]:
+        """Every submission row id of `samples`, in submission order, with what it encodes."""
+        fmt, layout = self.submission, {}
+        for sample in samples:
+            if not fmt.per_class:
+                layout[fmt.row_id.format(id=sample.id)] = RowTarget(sample)
+                continue
+            for class_index, class_name in self.submission_classes():
+                row = fmt.row_id.format(
+                    id=sample.id, class_name=class_name, class_index=class_index
+                )
+                layout[row] = RowTarget(sample, class_index)
+        return layout
+
+    def class_mask(self, pred: np.ndarray, class_index: int | None) -> np.ndarray:
+        """The binary HxW mask a submission row holds, from a prediction in `read_mask`'s form."""
+        if self.task == "binary":
+            return pred
+        if class_index is None:  # one row per image: any foreground
+            return pred > 0 if self.task == "multiclass" else pred.any(0)
+        return pred == class_index if self.task == "multiclass" else pred[class_index - 1]
+
+    def assemble_mask(self, rows: dict[int | None, np.ndarray], shape) -> np.ndarray:
+        """The inverse of `class_mask`: an image's target (as `read_mask` gives it) from its
+        decoded rows {class_index: HxW}; classes without a row are empty. Multiclass and
+        multilabel need per-class rows (one foreground row cannot say which class)."""
+        blank = np.zeros(shape, np.uint8)
+        if self.task == "binary":
+            return rows.get(1 if self.submission.per_class else None, blank)
+        if not self.submission.per_class:
+            raise PodiumError(
+                f"competition {self.name}: a {self.task} task needs per-class submission rows "
+                "(submission.row_id with {class_name} or {class_index})"
+            )
+        if self.task == "multilabel":
+            return np.stack([rows.get(i, blank) for i, _ in self.submission_classes()])
+        for class_index, mask in rows.items():
+            blank[mask.astype(bool)] = class_index
+        return blank
+
     def submission_rows(self, sample: Sample, pred: np.ndarray) -> list[tuple[str, str]]:
         """(row id, encoded mask) rows for one predicted image at its original size."""
-        fmt = self.submission
-        if not fmt.per_class:
-            binary = pred if self.task == "binary" else pred > 0
-            return [(fmt.row_id.format(id=sample.id), self.encode_mask(binary))]
-        rows = []
-        for index, class_name in enumerate(self.classes):
-            channel = pred[index] if self.task == "multilabel" else pred == index
-            row = fmt.row_id.format(id=sample.id, class_name=class_name, class_index=index + 1)
-            rows.append((row, self.encode_mask(channel)))
-        return rows
+        return [
+            (row_id, self.encode_mask(self.class_mask(pred, target.class_index)))
+            for row_id, target in self.submission_layout([sample]).items()
+        ]
+
+    def image_shape(self, sample: Sample) -> tuple[int, int]:
+        """(H, W) of the sample's image, cheaply: `meta["shape"]`, else `options.image_shape`,
+        else the image file's header (the pixels are not decoded)."""
+        shape = sample.meta.get("shape") or self.options.get("image_shape")
+        if shape:
+            return int(shape[0]), int(shape[1])
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(sample.image) as image:
+                width, height = image.size
+        except (OSError, UnidentifiedImageError):
+            raise PodiumError(
+                f"{sample.image}: cannot read the image size (missing or not an image file); "
+                f"set competition.options.image_shape=[H,W] if every image has one size"
+            ) from None
+        return height, width
 
     def sample_submission_path(self) -> Path:
         return self.data_dir / self.cfg.sample_submission
