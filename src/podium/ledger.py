@@ -3,19 +3,41 @@
 
 Appends take a file lock (two trainings may finish at once), write one line with a single
 `write` call and fsync it. A process killed mid-append can leave at most one torn last line,
-which `read` skips, so the ledger always reads back.
+which `read` skips, so the ledger always reads back. The lock is an OS lock (flock): it is
+released when its holder dies, so a killed writer never blocks the next one.
+
+Records (one JSON object per line, keys sorted):
+    {"kind": "run", "time", ...summary.json}    written by `podium train` (see train.py)
+    {"kind": "submission", "time", "ref", ...}  written by `record_submission`; a later record
+                                                with the same ref adds what became known
+                                                (scores, status): `submissions` merges them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from filelock import FileLock
 
-__all__ = ["ledger_path", "append", "read", "record_run"]
+from podium.io import PodiumError
+
+__all__ = [
+    "ledger_path",
+    "append",
+    "read",
+    "record_run",
+    "record_submission",
+    "runs",
+    "submissions",
+    "hash_file",
+]
+
+LOCK_TIMEOUT_S = 60
 
 
 def ledger_path(runs_dir: Path, competition: str) -> Path:
@@ -24,9 +46,11 @@ def ledger_path(runs_dir: Path, competition: str) -> Path:
 
 def append(path: Path, record: dict) -> None:
     """Append `record` as one line; safe against concurrent writers and kills."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-    with FileLock(str(path) + ".lock", timeout=60):
+    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        created = not path.exists()
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # A previous writer killed mid-line left no newline: start on a fresh line.
@@ -40,6 +64,12 @@ def append(path: Path, record: dict) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if created:  # make the new directory entry durable too
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
 def read(path: Path) -> list[dict]:
@@ -58,6 +88,85 @@ def read(path: Path) -> list[dict]:
     return records
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def record_run(path: Path, summary: dict) -> None:
     """Add a finished (or resumed-and-finished) run to the ledger at `path`."""
-    append(path, {"kind": "run", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
+    append(path, {"kind": "run", "time": _now(), **summary})
+
+
+def hash_file(path: Path) -> str:
+    """The sha256 hex digest of a file (read in blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_submission(
+    path: Path,
+    *,
+    ref: str | int,
+    file: Path | str | None = None,
+    runs: Iterable[str | Path] = (),
+    message: str | None = None,
+    status: str | None = None,
+    public_score: float | None = None,
+    private_score: float | None = None,
+    submitted_at: str | None = None,
+    file_sha256: str | None = None,
+) -> dict:
+    """Add a submission (or news about one: its score, its status) to the ledger at `path`.
+
+    `ref` is the submission's id on the leaderboard (Kaggle's ref); `runs` the run directories,
+    run ids or experiment names behind the file (`podium runs` and `podium writeup` join them with
+    the runs' CV); `file` is hashed (sha256) unless `file_sha256` is given. Call it again with the
+    same `ref` and only the new fields when the score arrives later. Returns the record written.
+    """
+    if ref is None or str(ref).strip() in ("", "0"):
+        raise PodiumError(f"{path}: cannot record a submission without a ref (got {ref!r})")
+    if file_sha256 is None and file is not None and Path(file).is_file():
+        file_sha256 = hash_file(Path(file))
+    record = {
+        "kind": "submission",
+        "time": _now(),
+        "ref": str(ref),
+        "file": None if file is None else str(file),
+        "file_sha256": file_sha256,
+        "runs": [str(r) for r in runs],
+        "message": message,
+        "status": status,
+        "public_score": None if public_score is None else float(public_score),
+        "private_score": None if private_score is None else float(private_score),
+        "submitted_at": submitted_at,
+    }
+    append(path, record)
+    return record
+
+
+def runs(records: Iterable[dict]) -> list[dict]:
+    """The run records, one per run directory: a resumed run's latest record replaces its
+    earlier ones (in the earlier one's place, so the order stays chronological)."""
+    by_dir: dict[str, dict] = {}
+    for record in records:
+        if record.get("kind") == "run":
+            key = str(record.get("run_dir") or id(record))
+            by_dir[key] = record
+    return list(by_dir.values())
+
+
+def submissions(records: Iterable[dict]) -> list[dict]:
+    """The submission records merged by ref, in order of first appearance: later records fill
+    in or update the fields they carry (None and empty lists carry nothing)."""
+    merged: dict[str, dict] = {}
+    for record in records:
+        if record.get("kind") != "submission" or record.get("ref") is None:
+            continue
+        current = merged.setdefault(str(record["ref"]), {"first_time": record.get("time")})
+        for key, value in record.items():
+            if value is not None and value != []:
+                current[key] = value
+    return list(merged.values())
