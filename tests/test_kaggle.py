@@ -49,8 +49,11 @@ def write_csv(tmp_path: Path, content: bytes = GOOD_CSV, name: str = "submission
 
 
 def test_missing_credentials_says_what_and_where(kaggle_home: Path, capsys) -> None:
-    with pytest.raises(KaggleError) as err:
+    from podium.io import PodiumError
+
+    with pytest.raises(PodiumError) as err:  # what the CLI catches and prints as one line
         pk.preflight()
+    assert isinstance(err.value, KaggleError)
     message = str(err.value)
     assert "\n" not in message
     for needle in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "access_token"):

@@ -35,6 +35,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from podium.io import PodiumError
+
 __all__ = [
     "KaggleCredentialsWarning",
     "KaggleError",
@@ -65,8 +67,11 @@ _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SETTINGS_URL = "https://www.kaggle.com/settings"
 
 
-class KaggleError(Exception):
-    """A Kaggle operation failed; ``str(e)`` is one line meant for the user."""
+class KaggleError(PodiumError):
+    """A Kaggle operation failed; ``str(e)`` is one line meant for the user.
+
+    A PodiumError (itself an Exception), so the CLI prints it as ``podium: error: ...``.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
