@@ -61,7 +61,8 @@ def iou(pred: np.ndarray, target: np.ndarray, task: str = "binary") -> float:
     return _per_class(pred, target, task, _iou_counts)
 
 
-TGS_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
+# Rounded so an IoU equal to a threshold (e.g. 11/20 = 0.55) compares as exactly equal: not a hit.
+TGS_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
 
 
 def tgs_map(pred: np.ndarray, target: np.ndarray, task: str = "binary") -> float:
