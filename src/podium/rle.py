@@ -85,38 +85,36 @@ def rle_parse(
     if runs.size % 2:
         raise RleError(f"odd number of values ({runs.size}); expected start/length pairs")
     starts, lengths = runs[::2] - base, runs[1::2]
-    bad = np.flatnonzero(starts < 0)
-    if bad.size:
-        i = int(bad[0])
-        raise RleError(f"pair {i + 1}: start {int(starts[i]) + base} is below {base}")
-    bad = np.flatnonzero(lengths <= 0)
-    if bad.size:
-        i = int(bad[0])
-        raise RleError(f"pair {i + 1}: run length {int(lengths[i])} is not positive")
     ends = starts + lengths
-    if starts.size > 1:
-        bad = np.flatnonzero(starts[1:] <= starts[:-1])
-        if bad.size:
-            i = int(bad[0]) + 1
+    # One cheap test per rule on the happy path (a submission has ~100k rows); the slower
+    # search for the first offending pair runs only on failure.
+    if starts.min() < 0:
+        i = _first(starts < 0)
+        raise RleError(f"pair {i + 1}: start {int(starts[i]) + base} is below {base}")
+    if lengths.min() <= 0:
+        i = _first(lengths <= 0)
+        raise RleError(f"pair {i + 1}: run length {int(lengths[i])} is not positive")
+    # With positive lengths, "sorted and not overlapping" is: each run starts after the last ends.
+    if starts.size > 1 and (starts[1:] < ends[:-1]).any():
+        i = _first(starts[1:] < ends[:-1]) + 1
+        if starts[i] <= starts[i - 1]:
             raise RleError(
                 f"pair {i + 1}: runs are not sorted (start {int(starts[i]) + base} after "
                 f"{int(starts[i - 1]) + base})"
             )
-        bad = np.flatnonzero(starts[1:] < ends[:-1])
-        if bad.size:
-            i = int(bad[0]) + 1
-            raise RleError(
-                f"pair {i + 1}: run {_span(starts[i], ends[i], base)} overlaps the previous run "
-                f"{_span(starts[i - 1], ends[i - 1], base)}"
-            )
-    size = None if shape is None else int(np.prod(shape))
-    if size is not None and ends[-1] > size:
-        i = int(np.flatnonzero(ends > size)[0])
-        image = "image" if np.ndim(shape) == 0 else f"{shape[0]}x{shape[1]} image"
         raise RleError(
-            f"pair {i + 1}: run {_span(starts[i], ends[i], base)} ends past the image end "
-            f"(the {image} has pixels {base}..{size - 1 + base})"
+            f"pair {i + 1}: run {_span(starts[i], ends[i], base)} overlaps the previous run "
+            f"{_span(starts[i - 1], ends[i - 1], base)}"
         )
+    if shape is not None:
+        size = shape if isinstance(shape, (int, np.integer)) else int(shape[0]) * int(shape[1])
+        if ends[-1] > size:
+            i = _first(ends > size)
+            image = "image" if size is shape else f"{shape[0]}x{shape[1]} image"
+            raise RleError(
+                f"pair {i + 1}: run {_span(starts[i], ends[i], base)} ends past the image end "
+                f"(the {image} has pixels {base}..{size - 1 + base})"
+            )
     return starts, lengths
 
 
@@ -132,6 +130,10 @@ def rle_decode(rle: str, shape: tuple[int, int], order: str = "F", base: int = 1
     delta[starts + lengths] -= 1
     flat = np.cumsum(delta[:-1], dtype=np.int8).view(np.uint8)
     return flat.reshape((height, width), order=order)
+
+
+def _first(flags: np.ndarray) -> int:
+    return int(np.flatnonzero(flags)[0])
 
 
 def _span(start: int, end: int, base: int) -> str:

@@ -86,11 +86,15 @@ class _Problems(list):
         return list(self) + tail
 
 
+class _Unreadable(PodiumError):
+    """The submission file itself cannot be read (missing, not UTF-8, broken quoting)."""
+
+
 def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(row number, fields) of every non-blank CSV record; the row number is the line on which
     the record starts. Unreadable files raise PodiumError naming the row."""
     if not Path(path).is_file():
-        raise PodiumError(f"{path}: file not found")
+        raise _Unreadable(f"{path}: file not found")
     with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is harmless: strip it
         reader = csv.reader(f, strict=True)
         line = 1
@@ -99,10 +103,20 @@ def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
                 if fields:  # pandas (and Kaggle) skip blank lines
                     yield line, fields
                 line = reader.line_num + 1
-        except UnicodeDecodeError:
-            raise PodiumError(f"{path}: row {line}: not UTF-8 text") from None
+        except UnicodeDecodeError:  # decoding runs ahead by blocks: find the line itself
+            raise _Unreadable(f"{path}: row {_first_non_utf8_line(path)}: not UTF-8 text") from None
         except csv.Error as e:
-            raise PodiumError(f"{path}: row {line}: malformed CSV ({e})") from None
+            raise _Unreadable(f"{path}: row {line}: malformed CSV ({e})") from None
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _column(header: list[str], name: str, path: Path, key: str) -> int:
@@ -271,7 +285,11 @@ def validate_submission(competition: Competition, path: Path, max_problems: int 
     """The problems of submission file `path` (an empty list: valid), at most `max_problems`
     plus a count of the rest. Each names the row (file line) and the reason."""
     problems = _Problems(max_problems)
-    _check_rows(competition, Path(path), _expected(competition), _Shapes(competition), problems)
+    reference, shapes = _expected(competition), _Shapes(competition)
+    try:
+        _check_rows(competition, Path(path), reference, shapes, problems)
+    except _Unreadable as e:  # what was found so far, then why reading stopped
+        problems.add(str(e).removeprefix(f"{path}: "))
     return problems.result()
 
 
@@ -457,11 +475,12 @@ def validate_command(cfg: DictConfig) -> int:
     competition = load_competition(cfg)
     if not cfg.get("file"):
         summary = check_adapter(competition)
+        written = ", a submission for them validates" if summary["test"] else ""
         print(
-            f"{competition.name}: adapter OK — {summary['train']} training images in "
+            f"{competition.name}: adapter OK: {summary['train']} training images in "
             f"{summary['groups']} groups, folds {summary['fold_sizes']}, "
             f"{summary['masks_checked']} masks decoded and re-encoded, "
-            f"{summary['test']} test images, a written submission validates"
+            f"{summary['test']} test images{written}"
         )
         return 0
     path = Path(cfg.file)
