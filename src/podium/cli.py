@@ -189,6 +189,76 @@ def download(cfg: DictConfig) -> int:
     return 0
 
 
+def submit(cfg: DictConfig) -> int:
+    """Validate the file locally (a malformed file never costs a submission), submit it through
+    the Kaggle client, and record it in the ledger (with the runs behind it and the score)."""
+    from podium import kaggle, ledger
+    from podium.competition import load_competition
+    from podium.submit import validate_submission
+
+    slug = _kaggle_slug(cfg)
+    if not cfg.file:
+        raise ConfigError("submit needs file=PATH (the submission CSV)")
+    path = Path(cfg.file).resolve()
+    if not path.is_file():
+        raise PodiumError(f"file={cfg.file}: no such file")
+    problems = validate_submission(load_competition(cfg), path)
+    if problems:
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise PodiumError(f"{path}: not submitted, {len(problems)} problem(s) found (listed above)")
+    kaggle.preflight()
+    result = kaggle.submit(slug, path, cfg.message, wait=bool(cfg.wait))
+    ledger.record_submission(
+        ledger.ledger_path(cfg.paths.runs_dir, cfg.competition.name),
+        ref=result["ref"],
+        file=str(path),
+        sha256=result["sha256"],
+        message=cfg.message,
+        runs=[str(r) for r in cfg.runs],
+        status=result["status"],
+        public_score=result["public_score"],
+    )
+    score = result["public_score"]
+    print(
+        f"submitted {path.name} to {slug}: ref {result['ref']}, status {result['status']}"
+        + (f", public score {score}" if score is not None else "")
+    )
+    return 0
+
+
+def submissions(cfg: DictConfig) -> int:
+    from podium import kaggle
+
+    rows = kaggle.submissions(_kaggle_slug(cfg))
+    columns = ["ref", "date", "status", "public_score", "private_score", "description"]
+    print(kaggle.format_table(rows, columns) if rows else "no submissions yet")
+    return 0
+
+
+def leaderboard(cfg: DictConfig) -> int:
+    from podium import kaggle
+
+    rows, own = kaggle.leaderboard(_kaggle_slug(cfg), int(cfg.top))
+    columns = ["rank", "team_name", "score", "submission_date"]
+    print(kaggle.format_table(rows, columns))
+    if own is not None and own not in rows:
+        print("...\n" + kaggle.format_table([own], columns).splitlines()[-1])
+    if own is not None:
+        print(f"your position: {own['rank']}")
+    return 0
+
+
+def _kaggle_slug(cfg: DictConfig) -> str:
+    slug = cfg.competition.kaggle
+    if not slug:
+        raise ConfigError(
+            f"competition {cfg.competition.name} has no Kaggle slug "
+            "(competition.kaggle in its competition.yaml)"
+        )
+    return slug
+
+
 def resolve_target(target: str):
     module, function = target.split(":")
     return getattr(importlib.import_module(module), function)
@@ -196,6 +266,7 @@ def resolve_target(target: str):
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    logging.captureWarnings(True)  # warnings (e.g. a world-readable kaggle.json) as one line
 
 
 if __name__ == "__main__":
