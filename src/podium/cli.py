@@ -30,7 +30,6 @@ log = logging.getLogger("podium")
 
 # command -> (config name, "module:function", produces a run directory, one-line help)
 COMMANDS: dict[str, tuple[str, str, bool, str]] = {
-    "demo": ("train", "podium.demo:run", False, "the whole loop on the generated demo competition"),
     "download": ("tools", "podium.cli:download", False, "get a competition's data"),
     "train": ("train", "podium.train:main", True, "train one model (a fold, a seed)"),
     "tune": ("tune", "podium.infer:tune", True, "tune post-processing on out-of-fold predictions"),
@@ -49,6 +48,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS)) + 2
     lines = ["usage: podium <command> [key=value ...] [-m]", "", "commands:"]
     lines += [f"  {name:<{width}}{spec[3]}" for name, spec in COMMANDS.items()]
+    lines += [f"  {'demo':<{width}}the whole loop on the generated demo competition"]
     lines += [f"  {'new':<{width}}create competitions/SLUG from the template (podium new SLUG)"]
     lines += ["", "Every command takes Hydra overrides, e.g. podium train model.encoder=resnet34"]
     return "\n".join(lines)
@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             from podium.scaffold import new_command
 
             return new_command(args) or 0
+        if command == "demo":
+            from podium.demo import run
+
+            return run(args)
         if command not in COMMANDS:
             raise ConfigError(f"unknown command '{command}' (see podium --help)")
         config_name, target, makes_run, _ = COMMANDS[command]
