@@ -250,14 +250,19 @@ def test_tune_then_predict_on_the_tiny_demo(demo_paths, tmp_path, one_thread):
         runs.append(run)
     tune_dir = runs_dir / "demo_shapes" / f"{tmp_path.name}_tune"
     tiny = [*TINY_DEMO[1:], *demo_paths, f"runs=[{tmp_path}/fold*]", "num_workers=0"]
-    assert cli.main(["tune", *tiny, "progress=false", f"hydra.run.dir={tune_dir}"]) == 0
+    # Re-predict the validation folds with two TTA sets; tune keeps the better one.
+    tune = [*tiny, "tta_candidates=[hflip,flip]", "progress=false", f"hydra.run.dir={tune_dir}"]
+    assert cli.main(["tune", *tune]) == 0
+    tuned = json.loads((tune_dir / "tuned.json").read_text())
+    assert tuned["images"] == 24 and set(tuned["by_tta"]) == {"hflip", "flip"}
+    assert tuned["tta"] == max(tuned["by_tta"], key=tuned["by_tta"].get)
     predict_dir = tmp_path / "predict"
-    proc = run_podium("predict", *tiny, "tta=flip", f"hydra.run.dir={predict_dir}")
+    proc = run_podium("predict", *tiny, f"hydra.run.dir={predict_dir}")
     summary = json.loads((predict_dir / "predict.json").read_text())
     assert summary["tuned"] == str(tune_dir / "tuned.json")
-    assert summary["views"] == 4 and summary["runs"] == [str(r) for r in runs]
-    tuned = json.loads((tune_dir / "tuned.json").read_text())
-    assert summary["postprocess"] == tuned["postprocess"]
+    assert summary["postprocess"] == tuned["postprocess"] and summary["tta"] == tuned["tta"]
+    assert summary["views"] == {"hflip": 2, "flip": 4}[tuned["tta"]]
+    assert summary["runs"] == [str(r) for r in runs]
     with open(predict_dir / "submission.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["id", "rle_mask"] and len(rows) == 1 + 8
