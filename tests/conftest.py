@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The fake Kaggle server's fixtures (kaggle_home, fake_kaggle) are available to every test.
+pytest_plugins = ["kaggle_fake"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

@@ -212,7 +212,9 @@ def submit(cfg: DictConfig) -> int:
             print(f"  {problem}", file=sys.stderr)
         raise PodiumError(f"{path}: not submitted, {len(problems)} problem(s) found (listed above)")
     kaggle.preflight()
-    result = kaggle.submit(slug, path, cfg.message, wait=bool(cfg.wait))
+    result = kaggle.submit(
+        slug, path, cfg.message, wait=bool(cfg.wait), poll_interval=float(cfg.poll_interval)
+    )
     ledger.record_submission(
         ledger.ledger_path(cfg.paths.runs_dir, cfg.competition.name),
         ref=result["ref"],
