@@ -19,7 +19,13 @@ from podium.config import compose_config
 from podium.data import make_folds
 from podium.io import PodiumError
 from podium.rle import rle_encode
-from podium.submit import check_adapter, score_submission, validate_submission, write_submission
+from podium.submit import (
+    check_adapter,
+    score_command,
+    score_submission,
+    validate_submission,
+    write_submission,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KAGGLE_MASKS = SHARED / "kaggle_masks"
@@ -337,7 +343,7 @@ def endovis(base: Path, labels: str) -> Competition:
     return make_competition(ROBOTIC, base, options={"labels": labels, "crop": [1, 2, 8, 10]})
 
 
-def test_robotic_instruments_fake_layout(tmp_path):
+def test_robotic_instruments_fake_layout(tmp_path, capsys):
     root = fake_endovis(tmp_path)
     binary, parts, types = (endovis(tmp_path, k) for k in ("binary", "parts", "type"))
     assert (binary.task, parts.task, types.task) == ("binary", "multiclass", "multiclass")
@@ -390,6 +396,12 @@ def test_robotic_instruments_fake_layout(tmp_path):
     assert score_submission(parts, path, root / "solution" / "solution_parts.csv") == (
         pytest.approx((3 / 7 + 2) / 3)
     )
+    # `podium score` prints the extra metric (Dice: shaft 2*3/(3+7) = 0.6) and the IoU last.
+    cfg = OmegaConf.create({"competition": parts.cfg, "file": str(path), "solution": None})
+    assert score_command(cfg) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"endovis_dice: {(0.6 + 2) / 3:.6f}"
+    assert lines[-1] == f"endovis_iou: {(3 / 7 + 2) / 3:.6f}"
 
 
 def test_robotic_instruments_refuses_a_frame_smaller_than_the_crop(tmp_path):
