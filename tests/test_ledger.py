@@ -120,7 +120,7 @@ def test_submission_records_merge_by_ref_and_hash_the_file(tmp_path):
         path, ref=42, file=csv, runs=["runs/x", tmp_path / "y"], message="folds 0-4",
         status="PENDING", submitted_at="2026-01-02T03:04:05",
     )  # fmt: skip
-    assert first["file_sha256"] == ledger.hash_file(csv) and len(first["file_sha256"]) == 64
+    assert first["sha256"] == ledger.hash_file(csv) and len(first["sha256"]) == 64
     assert first["runs"] == ["runs/x", str(tmp_path / "y")]
     ledger.record_submission(path, ref="42", status="COMPLETE", public_score=0.81)
     ledger.record_submission(path, ref=43, public_score=0.7, private_score=0.69)

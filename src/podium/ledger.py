@@ -117,25 +117,27 @@ def record_submission(
     public_score: float | None = None,
     private_score: float | None = None,
     submitted_at: str | None = None,
-    file_sha256: str | None = None,
+    sha256: str | None = None,
 ) -> dict:
     """Add a submission (or news about one: its score, its status) to the ledger at `path`.
 
-    `ref` is the submission's id on the leaderboard (Kaggle's ref); `runs` the run directories,
-    run ids or experiment names behind the file (`podium runs` and `podium writeup` join them with
-    the runs' CV); `file` is hashed (sha256) unless `file_sha256` is given. Call it again with the
-    same `ref` and only the new fields when the score arrives later. Returns the record written.
+    `ref` is the submission's id on the leaderboard (Kaggle's ref). `runs` names what made the
+    file: training run directories, run ids (relative to the competition's runs folder),
+    experiment names, or a `podium predict` folder (its predict.json lists the ensemble); with no
+    `runs`, a file inside a predict folder names it. `podium runs` and `podium writeup` join them
+    with the runs' CV. `file` is hashed unless its `sha256` is given. Call again with the same
+    `ref` and only the new fields when a score arrives later. Returns the record written.
     """
     if ref is None or str(ref).strip() in ("", "0"):
         raise PodiumError(f"{path}: cannot record a submission without a ref (got {ref!r})")
-    if file_sha256 is None and file is not None and Path(file).is_file():
-        file_sha256 = hash_file(Path(file))
+    if sha256 is None and file is not None and Path(file).is_file():
+        sha256 = hash_file(Path(file))
     record = {
         "kind": "submission",
         "time": _now(),
         "ref": str(ref),
         "file": None if file is None else str(file),
-        "file_sha256": file_sha256,
+        "sha256": sha256,
         "runs": [str(r) for r in runs],
         "message": message,
         "status": status,
