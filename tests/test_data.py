@@ -133,3 +133,11 @@ def test_pad_collate_keeps_original_sizes():
     assert batch["image"].shape == (2, 3, 5, 6) and batch["mask"].shape == (2, 1, 5, 6)
     assert batch["sizes"].tolist() == [[4, 6], [5, 3]]
     assert batch["image"][0, :, 4:].sum() == 0 and batch["image"][1, :, :, 3:].sum() == 0
+
+
+def test_folds_fall_back_to_grouping_when_strata_are_too_small():
+    # Ten samples, each its own stratum: no stratification possible, groups still respected.
+    samples = [Sample(str(i), Path("x"), group=f"g{i // 2}", stratify=i) for i in range(10)]
+    folds = make_folds(samples, n_folds=5, seed=0)
+    assert sorted(Counter(folds.values()).values()) == [2, 2, 2, 2, 2]
+    assert all(folds[str(i)] == folds[str(i + 1)] for i in range(0, 10, 2))

@@ -209,7 +209,7 @@ def make_loader(
 def make_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> dict[str, int]:
     """Assign each sample a fold: samples of one group share a fold, and folds are balanced on
     the stratification key (scikit-learn's StratifiedGroupKFold)."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     if len(samples) < n_folds:
         raise PodiumError(f"{len(samples)} samples cannot make {n_folds} folds")
@@ -218,11 +218,13 @@ def make_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> dict[str, 
         raise PodiumError(f"{len(set(groups))} groups cannot make {n_folds} folds")
     strata = [str(s.stratify) for s in samples]
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    folds = {}
-    for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(samples)), strata, groups)):
-        for i in val_idx:
-            folds[samples[i].id] = fold
-    return folds
+    try:
+        splits = list(splitter.split(np.zeros(len(samples)), strata, groups))
+    except ValueError as e:  # e.g. every stratum smaller than n_folds: group folds alone
+        log.warning("folds cannot be stratified (%s); grouping only", e)
+        splitter = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = list(splitter.split(np.zeros(len(samples)), groups=groups))
+    return {samples[i].id: fold for fold, (_, val) in enumerate(splits) for i in val}
 
 
 def load_or_make_folds(samples: Sequence[Sample], path: Path, n_folds: int, seed: int):
