@@ -12,6 +12,7 @@ the mean over all its runs with two spreads, because one lucky seed is not a res
     podium runs competition=X [experiments=[A,...]]    the table (and the runs of A, ...)
     podium runs competition=X diff=[A,B]               config differences of two runs/experiments
     podium writeup competition=X [experiments=[...]]   <paths.root_dir>/writeup/X.md + PNG figures
+                                                       (+writeup_dir=DIR to write elsewhere)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import shlex
 import statistics
@@ -91,8 +93,9 @@ class Run:
 
     @property
     def score(self) -> float | None:
-        value = self.record.get("best_score")
-        return None if value is None else float(value)
+        """The run's CV; None when it never validated (or the score is not a number)."""
+        value = _float_or_none(self.record.get("best_score"))
+        return value if value is not None and math.isfinite(value) else None
 
     @property
     def run_dir(self) -> Path | None:
@@ -236,15 +239,21 @@ class Results:
     def folder(self) -> Path:
         return self.path.parent
 
+    @cached_property
+    def _by_key(self) -> dict[str, Run]:
+        index = {}
+        for run in self.runs:
+            index[run.id] = run
+            if run.run_dir:
+                index[str(run.run_dir.resolve())] = run
+        return index
+
     def find_run(self, entry: str) -> Run | None:
         """A run by id (relative to the competition's runs folder) or by its directory."""
         entry = str(entry).rstrip("/")
-        candidates = {entry, str((self.folder / entry).resolve())}
-        if Path(entry).expanduser().exists():
-            candidates.add(str(Path(entry).expanduser().resolve()))
-        for run in self.runs:
-            if run.id == entry or (run.run_dir and str(run.run_dir.resolve()) in candidates):
-                return run
+        for key in (entry, Path(entry).expanduser().resolve(), (self.folder / entry).resolve()):
+            if str(key) in self._by_key:
+                return self._by_key[str(key)]
         return None
 
     def resolve(self, entry: str) -> list[Run] | None:
@@ -402,7 +411,7 @@ SPREAD_NOTE = (
 )
 
 
-def summary_table(results: Results, experiments: list[Experiment]) -> str:
+def summary_table(experiments: list[Experiment]) -> str:
     header = [
         "Experiment",
         "Runs",
@@ -626,8 +635,14 @@ def runs_command(cfg: DictConfig) -> int:
         f", {plural(len(results.submissions), 'submission')} (ledger {results.path})"
     )
     print(f"CV = each run's best validation {results.metric}.\n")
-    print(summary_table(results, chosen))
+    print(summary_table(chosen))
     print(f"\n{SPREAD_NOTE}")
+    for e in chosen:
+        if len(e.config_hashes) > 1:
+            print(
+                f"Note: the runs of {e.name} use {len(e.config_hashes)} different configs "
+                f"({', '.join(e.config_hashes)}); `diff=[RUN,RUN]` shows what differs."
+            )
     if cfg.get("experiments"):
         for experiment in chosen:
             print(f"\n{experiment.name}:\n{runs_table(experiment)}")
@@ -650,7 +665,10 @@ def describe_augment(augment: dict, image_size: Any) -> str:
     """The training pipeline exactly as podium.data builds it: transforms and probabilities."""
     from podium.data import build_transforms
 
-    compose = build_transforms(OmegaConf.create(augment), image_size, train=True)
+    try:
+        compose = build_transforms(OmegaConf.create(augment), image_size, train=True)
+    except (KeyError, ValueError, TypeError):  # a preset this podium no longer has
+        return f"preset `{augment.get('preset')}`"
 
     def name(t) -> str:
         inner = getattr(t, "transforms", None)
@@ -697,14 +715,27 @@ def method_facts(experiment: Experiment) -> dict[str, str]:
     its runs' summaries."""
     c = experiment.config
     records = [r.record for r in experiment.runs]
-    if c is None:
+    try:
+        facts = _facts_from_config(c, records) if c is not None else None
+    except (KeyError, TypeError, IndexError):  # a config from another podium version
+        facts = None
+    if facts is None:
         first = records[0]
-        return {
+        facts = {
             "Architecture": f"{first.get('arch')} with encoder {first.get('encoder')}",
-            "Encoder pretraining": pretraining(first.get("encoder_weights")),
+            "Encoder": pretraining(first.get("encoder_weights")),
             "Loss": f"`{first.get('loss')}`",
-            "Details": TODO.format("the run folders are gone; add the training settings"),
+            "Details": TODO.format("no readable config.yaml in the run folders; add the settings"),
         }
+    if len(experiment.config_hashes) > 1:
+        facts["Note"] = (
+            f"the runs of this experiment use {len(experiment.config_hashes)} different "
+            f"configurations (config hashes {', '.join(experiment.config_hashes)})"
+        )
+    return facts
+
+
+def _facts_from_config(c: dict, records: list[dict]) -> dict[str, str]:
     m, t, o, s = c["model"], c["trainer"], c["optimizer"], c["scheduler"]
     comp = c["competition"]
     size = comp.get("image_size")
@@ -751,17 +782,13 @@ def method_facts(experiment: Experiment) -> dict[str, str]:
         f"threshold {t.get('threshold')}; {comp.get('n_folds')} folds (folds_seed "
         f"{comp.get('folds_seed')}), groups kept within a fold",
     }
-    if len(experiment.config_hashes) > 1:
-        facts["Note"] = (
-            f"the runs of this experiment use {len(experiment.config_hashes)} different "
-            f"configurations (config hashes {', '.join(experiment.config_hashes)})"
-        )
     return facts
 
 
 def reproduce_command(experiment: Experiment) -> str | None:
     """`podium train` with the command-line overrides the runs were started with (from Hydra's
-    .hydra/overrides.yaml); values that differ across runs become a `-m` sweep."""
+    .hydra/overrides.yaml); values that differ across runs become a `-m` sweep, noted when that
+    sweep makes more runs than were recorded. None when a run folder lacks the file."""
     values: dict[str, list[str]] = {}
     for run in experiment.runs:
         path = run.run_dir / ".hydra" / "overrides.yaml" if run.run_dir else None
@@ -769,14 +796,17 @@ def reproduce_command(experiment: Experiment) -> str | None:
             return None
         for override in OmegaConf.to_container(OmegaConf.load(path)) or []:
             key, _, value = str(override).partition("=")
-            if key.lstrip("+~").startswith(UNCOMPARED_PREFIXES):
+            if key.lstrip("+~").startswith(UNCOMPARED_PREFIXES) or key == "resume":
                 continue  # machine-specific paths
             if value not in values.setdefault(key, []):
                 values[key].append(value)
-    sweep = any(len(v) > 1 for v in values.values())
-    parts = ["podium", "train", *(["-m"] if sweep else [])]
+    combinations = math.prod(len(v) for v in values.values())
+    parts = ["podium", "train", *(["-m"] if combinations > 1 else [])]
     parts += [shlex.quote(f"{k}={','.join(v)}") for k, v in values.items()]
-    return " ".join(parts)
+    command = f"`{' '.join(parts)}`"
+    if combinations != len(experiment.runs):
+        command += f" ({combinations} combinations; {plural(len(experiment.runs), 'run')} recorded)"
+    return command
 
 
 def _read_dict(path: Path) -> dict:
@@ -803,16 +833,25 @@ def _ensemble_text(results: Results, listed: Iterable[Any]) -> str:
 
 
 def _postprocess_text(pp: dict) -> str:
-    return ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
-                     for key, value in pp.items())  # fmt: skip
+    """{"threshold": 0.45, "min_area": 12.0} -> 'threshold 0.45, min_area 12'."""
+    shown = (f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in pp.items())
+    return ", ".join(shown)
 
 
-def inference_lines(results: Results) -> list[str]:
+def inference_lines(results: Results, chosen: set[str]) -> list[str]:
     """Bullets for every `podium tune` (tuned.json) and `podium predict` (predict.json) folder
-    under the competition's runs folder, in the terms those files record."""
+    under the competition's runs folder that used runs of the `chosen` experiments, in the terms
+    those files record."""
+
+    def relevant(data: dict) -> bool:
+        runs = [results.find_run(str(item)) for item in data.get("runs") or []]
+        return any(r is not None and r.experiment in chosen for r in runs)
+
     lines = []
     for path in sorted(results.folder.glob("**/tuned.json")):
         t = _read_dict(path)
+        if not relevant(t):
+            continue
         folder = _run_id(str(path.parent), results.folder)
         line = (
             f"- Post-processing tuned on out-of-fold predictions (`{folder}`, "
@@ -830,6 +869,8 @@ def inference_lines(results: Results) -> list[str]:
         lines.append(line + ".")
     for path in sorted(results.folder.glob("**/predict.json")):
         p = _read_dict(path)
+        if not relevant(p):
+            continue
         folder = _run_id(str(path.parent), results.folder)
         weights = p.get("run_weights") or []
         equal = len(set(weights)) <= 1
@@ -877,12 +918,12 @@ def plot_learning_curves(experiments: list[Experiment], metric: str, path: Path)
     colours = _colours([e.name for e in experiments])
     drawn = 0
     for e in experiments:
-        for i, run in enumerate(e.runs):
+        label = e.name  # once per experiment: the legend names experiments, not runs
+        for run in e.runs:
             metrics = run.run_dir / "metrics.csv" if run.run_dir else None
             if metrics is None or not metrics.is_file():
                 continue
             rows = io.read_csv_rows(metrics)
-            label = e.name if i == 0 else None
             colour = colours[e.name]
             scored = [(int(r["epoch"]), float(r["val_score"])) for r in rows if r["val_score"]]
             if scored:
@@ -898,6 +939,7 @@ def plot_learning_curves(experiments: list[Experiment], metric: str, path: Path)
             if vals:
                 ax_loss.plot(*zip(*vals, strict=True), "x--", color=colour, alpha=0.7, ms=4)
             drawn += 1
+            label = None
     if not drawn:
         return False
     ax_score.set(xlabel="epoch", ylabel=f"validation {metric}", title="Validation score")
@@ -980,11 +1022,19 @@ def oof_cases(run: Run, competition) -> list[Case]:
     return cases
 
 
-def _label_map(mask: np.ndarray, task: str) -> np.ndarray:
-    """HxW class indices (0 = nothing) for drawing any task's mask."""
+def _label_map(mask: np.ndarray) -> np.ndarray:
+    """HxW class indices (0 = nothing) for drawing any task's mask: binary and multiclass masks
+    already are; a multilabel CxHxW mask shows its first class present at each pixel."""
     if mask.ndim == 2:
         return mask.astype(np.int64)
     return np.where(mask.any(0), mask.argmax(0) + 1, 0)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """HxWx3 for drawing, whatever channels the adapter reads (grey, RGB, more)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -1014,25 +1064,30 @@ def plot_validation_grid(experiment: Experiment, metric: str, path: Path) -> str
     cases = [c for run in runs for c in oof_cases(run, competition)]
     # On ties (many empty images score 1), prefer a case with something to see.
     cases.sort(key=lambda c: (c.score, bool(c.truth.any())))
-    picks = {"worst": cases[0], "median": cases[len(cases) // 2], "best": cases[-1]}
-    samples = {s.id: s for s in competition.train_samples()}
+    picks = {"best": cases[-1], "median": cases[len(cases) // 2], "worst": cases[0]}
+    try:
+        samples = {s.id: s for s in competition.train_samples()}
+        images = {k: _rgb(competition.read_image(samples[c.id])) for k, c in picks.items()}
+    except (PodiumError, OSError, KeyError) as e:
+        log.warning("validation grid left out: the training images are not readable (%s)", e)
+        return None
     fig = Figure(figsize=(9, 3 * len(picks)))
     axes = fig.subplots(len(picks), 3, squeeze=False)
-    colours = np.array([(0.1, 0.9, 0.2), (1.0, 0.2, 0.2), (0.2, 0.4, 1.0), (1.0, 0.8, 0.1)])
-    for row, (label, case) in zip(axes, reversed(list(picks.items())), strict=True):
+    palette = np.array([(0.1, 0.9, 0.2), (1.0, 0.2, 0.2), (0.2, 0.4, 1.0), (1.0, 0.8, 0.1)])
+    # Binary: truth green, prediction red. Several classes: one colour per class in both.
+    predicted = palette[1:] if competition.task == "binary" else palette
+    for row, (label, case) in zip(axes, picks.items(), strict=True):
         h, w = case.prob.shape[-2:]
-        if case.id not in samples:
-            raise PodiumError(f"oof.npz of {case.run.id}: image {case.id} is not in the data")
-        image = competition.read_image(samples[case.id])
-        if image.shape[:2] != (h, w):
+        image = images[label]
+        if image.shape[:2] != (h, w):  # trained on resized images: show them at that size
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         threshold = float(case.run.config["trainer"]["threshold"])
         pred = binarize(case.prob / 255.0, competition.task, threshold)
         panels = [
             (image / 255.0, f"{label}: {case.id} (fold {case.run.fold})"),
-            (_overlay(image, _label_map(case.truth, competition.task), colours), "ground truth"),
+            (_overlay(image, _label_map(case.truth), palette), "ground truth"),
             (
-                _overlay(image, _label_map(pred, competition.task), colours[1:]),
+                _overlay(image, _label_map(pred), predicted),
                 f"prediction, {metric} {case.score:.3f}",
             ),
         ]
@@ -1101,12 +1156,16 @@ def build_writeup(results: Results, experiments: list[Experiment], folder: Path,
     submissions = [s for s in results.submissions if chosen & set(s.experiments)]
     best = max(experiments, key=lambda e: -1e300 if e.mean is None else e.mean)
     n_runs = sum(len(e.runs) for e in experiments)
+    try:  # a path a reader can follow in the project, not this machine's absolute one
+        ledger_shown = results.path.resolve().relative_to(Path(cfg.paths.root_dir).resolve())
+    except ValueError:
+        ledger_shown = results.path
 
     doc = [f"# {name}: {TODO.format('title')}", ""]
     doc += [
         f"_Draft generated on {time.strftime('%Y-%m-%d')} by `podium writeup` from "
         f"{plural(n_runs, 'run')} in {plural(len(experiments), 'experiment')} (ledger "
-        f"`{results.path}`). Every number comes "
+        f"`{ledger_shown}`). Every number comes "
         "from the ledger and the run folders; what a person must add is marked "
         f"{TODO.format('...')}._",
         "",
@@ -1149,6 +1208,11 @@ def build_writeup(results: Results, experiments: list[Experiment], folder: Path,
     caption = plot_validation_grid(best, metric, figures["grid"])
     if caption:
         doc += [f"![Validation cases]({figures['grid'].name})", "", caption, ""]
+    else:
+        doc += [
+            TODO.format(f"validation images: no oof.npz or training images for {best.name}"),
+            "",
+        ]
     doc += [
         "## What did not work",
         "",
@@ -1215,9 +1279,9 @@ def method_lines(results: Results, experiments: list[Experiment]) -> list[str]:
     commands = [(e.name, reproduce_command(e)) for e in experiments]
     if any(c for _, c in commands):
         lines += ["", "Commands (the recorded overrides; data and run paths left out):", ""]
-        lines += [f"- `{e}`: `{c}`" for e, c in commands if c]
+        lines += [f"- `{e}`: {c}" for e, c in commands if c]
     lines += ["", "### Inference, ensembling and post-processing", ""]
-    inference = inference_lines(results)
+    inference = inference_lines(results, {e.name for e in experiments})
     if inference:
         lines += inference
     else:
@@ -1238,7 +1302,7 @@ def results_lines(
         f"CV is each run's best validation {metric}; {SPREAD_NOTE} Best LB: the submission with "
         "the best public score among those made only from the experiment's runs.",
         "",
-        summary_table(results, experiments),
+        summary_table(experiments),
         "",
         "### CV per fold and seed",
         "",
