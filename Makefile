@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Let Python cache bytecode: every podium subprocess in the tests would otherwise recompile
+# torch, timm and smp (some shells export PYTHONDONTWRITEBYTECODE=1).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install demo test test-fast lint bench clean
 

@@ -93,6 +93,15 @@ def test_kaggle_loop_through_the_podium_command(kaggle_world, tmp_path):
 
     listing = podium("submissions").stdout
     assert "first try" in listing and "0.75" in listing
+
+    # Submitted without waiting: `podium submissions` later brings its score into the ledger.
+    podium("submit", f"file={good}", "message=no wait")
+    for _ in range(3):
+        podium("submissions")
+        merged = ledger.submissions(ledger.read(tmp_path / "runs" / SLUG / "ledger.jsonl"))
+        if merged[-1].get("public_score") is not None:
+            break
+    assert merged[-1]["message"] == "no wait" and merged[-1]["public_score"] == 0.75
     board = podium("leaderboard").stdout
     assert "Bob" in board and "your position" in board
 

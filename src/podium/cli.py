@@ -234,9 +234,17 @@ def submit(cfg: DictConfig) -> int:
 
 
 def submissions(cfg: DictConfig) -> int:
-    from podium import kaggle
+    from podium import kaggle, ledger
 
     rows = kaggle.submissions(_kaggle_slug(cfg))
+    # Scores arrive after submitting: bring the ledger's submissions up to date.
+    path = ledger.ledger_path(cfg.paths.runs_dir, cfg.competition.name)
+    known = {str(s["ref"]): s for s in ledger.submissions(ledger.read(path))}
+    for row in rows:
+        old = known.get(str(row["ref"]))
+        news = {k: row[k] for k in ("status", "public_score", "private_score")}
+        if old is not None and any(old.get(k) != v for k, v in news.items() if v is not None):
+            ledger.record_submission(path, ref=row["ref"], **news)
     columns = ["ref", "date", "status", "public_score", "private_score", "description"]
     print(kaggle.format_table(rows, columns) if rows else "no submissions yet")
     return 0

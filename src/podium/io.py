@@ -22,6 +22,10 @@ import numpy as np
 cv2.setNumThreads(0)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class PodiumError(Exception):
     """An error with a one-line, user-facing message (the CLI prints it and exits non-zero)."""
 
@@ -33,6 +37,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
