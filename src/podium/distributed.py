@@ -1,13 +1,43 @@
-"""torch.distributed helpers that are no-ops in a single process, so the training loop reads the
-same for 1 CPU, 1 GPU, N GPUs and several nodes."""
+"""torch.distributed for podium: helpers that are no-ops in a single process (so the training loop
+reads the same for 1 CPU, 1 GPU, N GPUs and several nodes), the launcher of local worker
+processes, and GPU leases for running sweep jobs side by side.
+
+Launching (`launch`): N worker processes on this machine through torch's elastic agent, the engine
+torchrun runs. Workers get torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT...), so a worker started here and one started by an external `torchrun` run the same
+code: `init_worker()`, then the work. Backend: nccl on CUDA (one GPU per process, by LOCAL_RANK),
+gloo on CPU.
+
+Failures: the first worker to raise records its error (first writer wins: a rank that dies of
+"Connection closed by peer" because another rank crashed comes later and is ignored) and exits at
+once, skipping interpreter teardown that can block or abort inside a collective. The agent then
+stops the other workers and `launch` raises one error naming the rank; only that worker's
+traceback is shown (none for a PodiumError, which stays one line).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
+import multiprocessing
 import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from podium.io import PodiumError
 
 __all__ = [
     "is_distributed",
@@ -15,13 +45,30 @@ __all__ = [
     "world_size",
     "is_main",
     "local_rank",
+    "local_world_size",
     "barrier",
     "all_gather_objects",
+    "gather_objects",
     "broadcast_object",
+    "reduce_mean",
     "inside_launcher",
+    "resolve_devices",
+    "init_worker",
+    "shutdown",
+    "launch",
+    "WorkerError",
+    "visible_gpus",
+    "lease_gpus",
 ]
 
+log = logging.getLogger(__name__)
 
+# Collectives wait this long for a missing rank before failing (torch's default is 30 min for
+# gloo); a dead rank is normally caught by the launcher within a second.
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
+# -- who am I -----------------------------------------------------------------------------------
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -38,6 +85,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def local_world_size() -> int:
+    """Processes of this job on this machine (1 outside a distributed job)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if is_distributed() else 1
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -47,6 +99,7 @@ def inside_launcher() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+# -- collectives ------------------------------------------------------------------------------
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -58,6 +111,16 @@ def all_gather_objects(obj: Any) -> list[Any]:
         return [obj]
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj`, in rank order, on rank `dst` only (None elsewhere): for large results
+    that only the writer needs."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
     return out
 
 
@@ -75,3 +138,229 @@ def reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / world_size()
+
+
+# -- a worker's life --------------------------------------------------------------------------
+def resolve_devices(value: int | str) -> int:
+    """`trainer.devices` as a process count: `auto` = every visible GPU (1 on CPU)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if value == "auto":
+        return max(1, gpus)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise PodiumError(f"trainer.devices={value}: expected a number or auto") from None
+    if count < 1:
+        raise PodiumError(f"trainer.devices={value}: must be at least 1")
+    if gpus and count > gpus:
+        raise PodiumError(f"trainer.devices={count}: only {gpus} GPU(s) visible")
+    return count
+
+
+def init_worker() -> None:
+    """Join the process group described by torchrun's environment variables: nccl with this
+    process's GPU (LOCAL_RANK) on CUDA, gloo on CPU."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)  # before NCCL starts, so each rank owns one GPU
+        dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+        return
+    # N CPU workers share the cores instead of each starting one thread per core.
+    if "OMP_NUM_THREADS" not in os.environ:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cpus or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+class WorkerError(PodiumError):
+    """A worker of a launched job failed; the message names the rank and the error."""
+
+
+def launch(
+    fn: Callable[..., Any], args: Sequence[Any], nprocs: int, env: dict[str, str] | None = None
+) -> list[Any]:
+    """Run `fn(*args)` in `nprocs` worker processes on this machine (spawned, so `fn` and `args`
+    must pickle) and return their results in rank order. `env` is added to the workers'
+    environment. A failing worker stops them all: see the module docstring."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nprocs,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone` does
+        max_restarts=0,  # a crash is a bug or a bad input; re-running it would only repeat it
+        monitor_interval=0.1,
+        start_method="spawn",  # fork is unsafe once torch has started threads
+        shutdown_timeout=5,
+    )
+    with tempfile.TemporaryDirectory(prefix="podium-launch-") as tmp:
+        error_file = str(Path(tmp) / "error.json")
+        try:
+            with _environment(env or {}), _stdlib_start_method(), _quiet_torch_launcher_logs():
+                results = elastic_launch(config, _run_worker)(fn, error_file, *args)
+        except ChildFailedError as e:
+            raise _worker_error(e, error_file) from None
+    return [results[r] for r in sorted(results)]
+
+
+def _run_worker(fn: Callable[..., Any], error_file: str, *args: Any) -> Any:
+    # A spawned process inherits "spawn" as its default start method; reset it to the platform's,
+    # as under torchrun, so DataLoader workers start cheaply (fork on Linux).
+    multiprocessing.set_start_method(None, force=True)
+    try:
+        return fn(*args)
+    except BaseException as error:
+        _record_first_error(error_file, error)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # no teardown: destroying a process group mid-collective can hang or abort
+
+
+def _record_first_error(path: str, error: BaseException) -> None:
+    record = {
+        "rank": int(os.environ.get("RANK", 0)),
+        "type": type(error).__name__,
+        "message": str(error),
+        "traceback": traceback.format_exc(),
+        "podium_error": isinstance(error, PodiumError),
+    }
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another rank failed first: its error is the root cause
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+
+
+def _worker_error(error, error_file: str) -> PodiumError:
+    """The one error to report for a failed job: a worker killed by a signal, else the first
+    recorded exception (a PodiumError as is; anything else with its traceback printed once)."""
+    failed_rank, failure = error.get_first_failure()
+    if failure.exitcode is not None and failure.exitcode < 0:
+        name = signal.Signals(-failure.exitcode).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return WorkerError(f"worker rank {failed_rank} was killed by {name}{hint}")
+    if not os.path.isfile(error_file):
+        return WorkerError(f"worker rank {failed_rank} exited with code {failure.exitcode}")
+    with open(error_file) as f:
+        record = json.load(f)
+    if record["podium_error"]:
+        return PodiumError(record["message"])
+    sys.stderr.write(f"worker rank {record['rank']} failed:\n{record['traceback']}")
+    sys.stderr.flush()
+    return WorkerError(
+        f"worker rank {record['rank']} failed: {record['type']}: {record['message']} "
+        "(traceback above)"
+    )
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for spawned workers, restoring them afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _stdlib_start_method() -> Iterator[None]:
+    """A spawned child first re-applies its parent's default start method; inside a joblib
+    (loky) worker, e.g. a job of a `hydra/launcher=joblib` sweep, that is "loky", which the
+    child cannot resolve. Launch from the platform default instead."""
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current is None or current in multiprocessing.get_all_start_methods():
+        yield
+        return
+    multiprocessing.set_start_method(None, force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(current, force=True)
+
+
+@contextlib.contextmanager
+def _quiet_torch_launcher_logs() -> Iterator[None]:
+    """The elastic agent logs each failure with its own traceback (and formatting it imports
+    torch._dynamo: seconds); podium reports the failure itself, once."""
+    prefixes = ("torch.distributed.elastic", "torch.multiprocessing")
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(prefixes)]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+# -- one job per GPU --------------------------------------------------------------------------
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+@contextlib.contextmanager
+def lease_gpus(
+    count: int,
+    gpus: Sequence[str] | None = None,
+    lock_dir: Path | None = None,
+    poll_s: float = 2.0,
+) -> Iterator[list[str]]:
+    """Hold `count` GPUs no other podium job on this machine holds, waiting until they are free.
+
+    Each GPU is an exclusive lock on a file in `lock_dir`; the kernel drops the locks when the
+    holder exits, so a crashed job never keeps its GPUs.
+    """
+    gpus = list(visible_gpus() if gpus is None else gpus)
+    if count > len(gpus):
+        raise PodiumError(f"trainer.gpus_per_job={count}: only {len(gpus)} GPU(s) visible")
+    lock_dir = lock_dir or Path(tempfile.gettempdir()) / f"podium-gpu-locks-{os.getuid()}"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waiting_logged = False
+    while True:
+        held: list[tuple[str, int]] = []
+        for gpu in gpus:
+            fd = os.open(lock_dir / f"gpu-{gpu}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            held.append((gpu, fd))
+            if len(held) == count:
+                break
+        if len(held) == count:
+            break
+        for _, fd in held:
+            os.close(fd)  # all or nothing, so two waiting jobs cannot each hold half
+        if not waiting_logged:
+            log.info("waiting for %d free GPU(s) of %s", count, ",".join(gpus))
+            waiting_logged = True
+        time.sleep(poll_s)
+    try:
+        yield [gpu for gpu, _ in held]
+    finally:
+        for _, fd in held:
+            os.close(fd)
