@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 import time
 import zipfile
@@ -84,7 +85,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     val_set = SegmentationDataset(
         competition, val_samples, build_transforms(cfg.augment, image_size, train=False)
     )
-    workers = resolve_num_workers(tc.num_workers, processes=world)
+    workers = resolve_num_workers(tc.num_workers, processes=dist.local_world_size())
     batch_size, accumulate = int(tc.batch_size), int(tc.accumulate)
     steps_per_epoch = len(train_set) // (batch_size * world)
     if tc.limit_train_batches:
@@ -101,14 +102,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     if tc.sync_batchnorm and world > 1:
+        if device.type != "cuda":
+            raise PodiumError("trainer.sync_batchnorm=true: torch's SyncBatchNorm needs GPUs")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema_updates = [0]  # Python-side counter: the decay ramp must not sync with the GPU
     ema = make_ema(model, tc.ema, tc.ema_warmup, ema_updates) if tc.ema else None
-    train_model = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
+    train_model = model
+    if world > 1:
+        train_model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(tc.find_unused_parameters),
+        )
     optimizer = build_optimizer(cfg.optimizer, model)
     total_steps = max(1, optimizer_steps_per_epoch * int(tc.max_epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -160,15 +165,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             images = to_input(batch["image"], model, device, memory_format)
             masks = batch["mask"].to(device, non_blocking=True)
             last_micro = (micro + 1) % accumulate == 0
-            # Under DDP, only the last micro-batch of an accumulation all-reduces gradients.
+            # Under DDP, only the last micro-batch of an accumulation all-reduces gradients
+            # (no_sync must hold over both the forward and the backward pass).
             sync = (
                 train_model.no_sync()
                 if (world > 1 and not last_micro)
                 else contextlib.nullcontext()
             )
-            with sync, autocast(device, precision):
-                loss = loss_fn(train_model(images), masks) / accumulate
             with sync:
+                with autocast(device, precision):
+                    loss = loss_fn(ddp_forward(train_model, images), masks) / accumulate
                 scaler.scale(loss).backward()
             running_loss += loss.detach() * accumulate
             if last_micro:
@@ -382,18 +388,21 @@ def autocast(device: torch.device, precision: str):
 
 def train_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int):
     """The epoch's loader: order depends only on (seed, epoch), so resuming replays it exactly.
-    Under DDP each rank takes its DistributedSampler share of the same permutation."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    sampler = None
-    if dist.world_size() > 1:
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, shuffle=True, seed=seed, drop_last=True
-        )
-        sampler.set_epoch(epoch)
+
+    One permutation per epoch, dealt round-robin to the ranks (DistributedSampler's scheme, with
+    drop_last): rank r takes positions r, r+W, ... So the W per-device batches of a step are
+    exactly the global batch a single process with batch_size * W would draw, whatever W is."""
+    order = torch.randperm(len(dataset), generator=epoch_generator(seed, epoch)).tolist()
+    world = dist.world_size()
+    shard = order[dist.rank() : len(order) - len(order) % world : world]
     return make_loader(
-        dataset, batch_size, workers, sampler=sampler, shuffle=True, drop_last=True,
-        generator=generator,
+        dataset, batch_size, workers, sampler=shard, drop_last=True,
+        generator=epoch_generator(seed, epoch),  # seeds the loader's worker processes
     )  # fmt: skip
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
 def to_input(images: torch.Tensor, model: SegmentationModel, device, memory_format):
@@ -419,7 +428,9 @@ def binarize(probs: np.ndarray, task: str, threshold: float) -> np.ndarray:
 @torch.inference_mode()
 def validate(model, dataset, competition: Competition, cfg, device, memory_format, loss_fn):
     """Score every validation image exactly once across ranks (rank r takes images r, r+W, ...,
-    no padding duplicates) with the competition metric; gather on every rank."""
+    no padding duplicates) with the competition metric. Per-image scores and losses are gathered
+    on every rank (each needs the score for best/early stopping), so the result equals a single
+    process's on the same weights; probabilities and masks (for oof.npz) go to rank 0 only."""
     model.eval()
     indices = list(range(dist.rank(), len(dataset), dist.world_size()))
     subset = torch.utils.data.Subset(dataset, indices)
@@ -427,7 +438,7 @@ def validate(model, dataset, competition: Competition, cfg, device, memory_forma
     loader = make_loader(subset, int(cfg.trainer.batch_size), workers)
     precision = resolve_precision(cfg.trainer.precision, device)
     threshold, task = float(cfg.trainer.threshold), competition.task
-    local = []  # (dataset index, score, loss, probs uint8, mask uint8)
+    scores, arrays = [], []  # (dataset index, score, loss), (dataset index, probs, mask) uint8
     for batch in loader:
         images = to_input(batch["image"], model, device, memory_format)
         with autocast(device, precision):
@@ -444,18 +455,19 @@ def validate(model, dataset, competition: Competition, cfg, device, memory_forma
             )
             truth = target[0] if task == "binary" else target
             score = competition.score_image(binarize(p, task, threshold), truth)
-            local.append((index, score, loss, quantize(p), target.astype(np.uint8)))
-    gathered = sorted(
-        (item for part in dist.all_gather_objects(local) for item in part), key=lambda r: r[0]
-    )
-    if len(gathered) != len(dataset):
+            scores.append((index, score, loss))
+            arrays.append((index, quantize(p), target.astype(np.uint8)))
+    gathered = sorted(item for part in dist.all_gather_objects(scores) for item in part)
+    if [r[0] for r in gathered] != list(range(len(dataset))):
         raise RuntimeError(f"validation covered {len(gathered)} of {len(dataset)} images")
+    parts = dist.gather_objects(arrays)  # None on ranks other than 0
+    images = sorted((a for part in parts for a in part), key=lambda a: a[0]) if parts else []
     return {
         "score": float(np.mean([r[1] for r in gathered])),
         "loss": float(np.mean([r[2] for r in gathered])),
         "scores": [r[1] for r in gathered],
-        "probs": [r[3] for r in gathered],
-        "masks": [r[4] for r in gathered],
+        "probs": [a[1] for a in images],
+        "masks": [a[2] for a in images],
     }
 
 
@@ -556,7 +568,8 @@ def config_hash(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in ("fold", "seed", "paths", "experiment_name", "resume"):
         container.pop(key, None)
-    container.get("trainer", {}).pop("devices", None)
+    for key in ("devices", "gpus_per_job", "find_unused_parameters"):  # how it runs, not what
+        container.get("trainer", {}).pop(key, None)
     return hashlib.sha1(repr(sorted(container.items())).encode()).hexdigest()[:10]
 
 
@@ -571,11 +584,129 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# =============================================================================================
+# `podium train`: one process, N local worker processes, or one worker of a torchrun job.
 def main(cfg: DictConfig, run_dir: Path) -> float | None:
-    """`podium train`: write the resolved config once, then train in this process (or as this
-    worker of a distributed job). Returns the best score (Hydra sweepers optimise it)."""
+    """`podium train`, called once per run inside the Hydra task, after Hydra chose `run_dir`.
+
+    The run is decided here, once: its directory and its resolved config (written to
+    config.yaml). Then it trains in this process (`trainer.devices=1`), in N worker processes
+    launched here that are handed that directory and config (`trainer.devices=N|auto`, or
+    `trainer.gpus_per_job=K`: K workers on K GPUs leased from the machine), or, when torchrun
+    started this process, as one worker of that job. Returns the best score (Hydra sweepers
+    optimise it)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if dist.inside_launcher():
+        return join_launched_job(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    tc = cfg.trainer
+    if tc.gpus_per_job:
+        with dist.lease_gpus(int(tc.gpus_per_job)) as gpus:
+            log.info("GPUs %s for %s", ",".join(gpus), run_dir)
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+            args = (config, str(run_dir), _log_setup())
+            return dist.launch(worker, args, len(gpus), env)[0]["best_score"]
+    devices = dist.resolve_devices(tc.devices)
+    if devices == 1:
+        return train(OmegaConf.create(config), run_dir)["best_score"]
+    return dist.launch(worker, (config, str(run_dir), _log_setup()), devices)[0]["best_score"]
+
+
+def worker(config: dict, run_dir: str, log_setup: tuple[str | None, str | None]) -> dict:
+    """One worker process launched by `main`: joins the process group, trains, returns the
+    summary. Rank 0 logs like the parent (console and the run's podium.log)."""
+    dist.init_worker()
+    try:
+        _configure_worker_logging(*log_setup)
+        return train(OmegaConf.create(config), Path(run_dir))
+    finally:
+        dist.shutdown()
+
+
+def join_launched_job(config: dict, run_dir: Path) -> float | None:
+    """This process is one worker of an external torchrun job, and every worker ran Hydra.
+    Rank 0's run directory and config are the run's; a rank whose Hydra picked another
+    directory (its clock said another second) removes it, so the job leaves one run directory.
+    Several nodes need that directory on a shared filesystem: pass hydra.run.dir=/shared/..."""
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    dist.init_worker()
+    try:
+        decided_dir, config = dist.broadcast_object((str(run_dir), config))
+        if dist.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+        else:
+            _quiet_secondary_rank()
+            if Path(decided_dir).resolve() != run_dir.resolve():
+                _remove_hydra_only_dir(run_dir)
+        dist.barrier()
+        return train(OmegaConf.create(config), Path(decided_dir))["best_score"]
+    except BaseException as error:
+        ErrorHandler().record_exception(error)  # torchrun's error file: its summary shows it
+        raise
+    finally:
+        dist.shutdown()
+
+
+def ddp_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The training forward pass; DDP's unused-parameter failure becomes a one-line fix."""
+    try:
+        return model(images)
+    except RuntimeError as e:
+        if "find_unused_parameters" not in str(e):
+            raise
+        raise PodiumError(
+            "the model has parameters that get no gradient (e.g. encoder stages beyond "
+            "model.kwargs.encoder_depth), which DDP cannot reduce: set "
+            "trainer.find_unused_parameters=true"
+        ) from None
+
+
+def _log_setup() -> tuple[str | None, str | None]:
+    """(log file, format) of this process's root logger (Hydra's), for rank 0 to reuse."""
+    log_file = fmt = None
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            log_file = handler.baseFilename
+        if handler.formatter is not None and fmt is None:
+            fmt = handler.formatter._fmt
+    return log_file, fmt
+
+
+def _configure_worker_logging(log_file: str | None, fmt: str | None) -> None:
+    """Rank 0 logs INFO to the console and the run's log file; other ranks only warnings."""
+    fmt = fmt or "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    root = logging.getLogger()
+    console = logging.StreamHandler()
     if dist.is_main():
-        io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    summary = train(cfg, run_dir)
-    return summary["best_score"]
+        root.setLevel(logging.INFO)
+        handlers: list[logging.Handler] = [console]
+        if log_file:
+            handlers.append(logging.FileHandler(log_file))  # appends after the parent's lines
+    else:
+        root.setLevel(logging.WARNING)
+        fmt = f"[rank {dist.rank()}]{fmt}"
+        handlers = [console]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(fmt))
+        root.addHandler(handler)
+
+
+def _quiet_secondary_rank() -> None:
+    """Under torchrun every rank has Hydra's handlers: keep rank 0's log file the only one."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _remove_hydra_only_dir(path: Path) -> None:
+    """Remove a run directory that holds only what Hydra writes at start (.hydra/, *.log)."""
+    entries = list(path.iterdir()) if path.is_dir() else []
+    if all(e.name == ".hydra" or e.suffix == ".log" for e in entries):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        log.warning("%s: not removed (holds more than Hydra's start-up files)", path)
