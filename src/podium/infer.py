@@ -73,7 +73,9 @@ __all__ = [
     "PostProcess",
     "remove_small_components",
     "tune_postprocess",
+    "predict_batch",
     "predict_rows",
+    "quantize",
     "resolve_runs",
     "find_tuned",
     "predict",
@@ -493,8 +495,9 @@ def resolve_runs(cfg: DictConfig) -> list[tuple[Path, float]]:
 
 
 def _match_runs(entry: str, base: Path) -> list[Path]:
+    given = Path(entry).expanduser()
     for root in (Path.cwd(), base):
-        pattern = str(Path(entry).expanduser() if Path(entry).is_absolute() else root / entry)
+        pattern = str(given if given.is_absolute() else root / given)
         paths = sorted(Path(p).resolve() for p in glob.glob(pattern))
         runs = [p for p in paths if (p / "config.yaml").is_file()]
         if runs:
@@ -513,7 +516,7 @@ def _experiment_runs(experiment: str, runs_dir: Path, competition: str) -> list[
             latest[(record.get("fold"), record.get("seed"))] = run_dir.resolve()
     if not latest:
         raise PodiumError(f"runs_of={experiment}: no runs of that experiment in {path}")
-    return [latest[key] for key in sorted(latest, key=str)]
+    return sorted(latest.values())
 
 
 def find_tuned(cfg: DictConfig, runs: Sequence[Path]) -> tuple[PostProcess, dict | None]:
@@ -527,7 +530,11 @@ def find_tuned(cfg: DictConfig, runs: Sequence[Path]) -> tuple[PostProcess, dict
         folder = Path(cfg.paths.runs_dir) / cfg.competition.name
         candidates = sorted(folder.glob("*/tuned.json"), key=lambda p: p.stat().st_mtime)
         for path in reversed(candidates):
-            tuned = io.read_json(path)
+            try:
+                tuned = io.read_json(path)
+            except ValueError:
+                log.warning("%s: not valid JSON, skipped", path)
+                continue
             if sorted(tuned.get("runs", [])) == wanted:
                 return _postprocess_from(tuned, path), tuned | {"path": str(path)}
         log.warning(
@@ -536,11 +543,14 @@ def find_tuned(cfg: DictConfig, runs: Sequence[Path]) -> tuple[PostProcess, dict
             defaults.empty_area,
         )  # fmt: skip
         return defaults, None
-    path = Path(str(choice))
+    path = Path(str(choice)).expanduser()
     path = path / "tuned.json" if path.is_dir() else path
     if not path.is_file():
         raise PodiumError(f"tuned={choice}: no tuned.json there")
-    tuned = io.read_json(path)
+    try:
+        tuned = io.read_json(path)
+    except ValueError as e:
+        raise PodiumError(f"{path}: not valid JSON ({e})") from None
     if sorted(tuned.get("runs", [])) != sorted(str(r) for r in runs):
         log.warning("%s was tuned on other runs than these", path)
     return _postprocess_from(tuned, path), tuned | {"path": str(path)}
@@ -617,7 +627,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
         "local_score": score,
     }
     io.write_json(run_dir / "predict.json", summary)
-    log.info("wrote %s (%d rows, %.1f images/s)", path, n_rows, len(samples) / seconds)
+    log.info("wrote %s (%d rows, %s images/s)", path, n_rows, summary["images_per_s"])
     if score is not None:
         log.info("local %s of the submission: %.4f", cfg.competition.metric, score)
     return score
