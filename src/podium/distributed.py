@@ -50,6 +50,7 @@ __all__ = [
     "all_gather_objects",
     "gather_objects",
     "broadcast_object",
+    "broadcast_buffers",
     "reduce_mean",
     "inside_launcher",
     "resolve_devices",
@@ -130,6 +131,14 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank `src`'s buffers (e.g. BatchNorm running statistics, which each rank
+    updates from its own batches)."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
 
 
 def reduce_mean(value: torch.Tensor) -> torch.Tensor:

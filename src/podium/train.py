@@ -432,6 +432,9 @@ def validate(model, dataset, competition: Competition, cfg, device, memory_forma
     on every rank (each needs the score for best/early stopping), so the result equals a single
     process's on the same weights; probabilities and masks (for oof.npz) go to rank 0 only."""
     model.eval()
+    # Each rank's BatchNorm running statistics follow its own batches (DDP hands rank 0's to the
+    # others only at the next training forward): score with rank 0's, the ones checkpointed.
+    dist.broadcast_buffers(model)
     indices = list(range(dist.rank(), len(dataset), dist.world_size()))
     subset = torch.utils.data.Subset(dataset, indices)
     workers = resolve_num_workers(cfg.trainer.num_workers, processes=dist.world_size())
