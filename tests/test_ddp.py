@@ -1,0 +1,197 @@
+"""Distributed training on CPU (gloo): one run directory from N processes, torchrun and
+`trainer.devices` agreeing bit for bit, resume, the same validation score on 1 and 2 processes,
+failing workers, GPU leases."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY_DEMO, TINY_TRAIN, podium_env, run_podium
+from test_train import assert_identical
+
+from podium import distributed as dist
+from podium.io import PodiumError
+
+# Deterministic, a constant LR (so 1 epoch + resume equals 2 epochs), two steps per epoch.
+DDP_TRAIN = [*TINY_DEMO, *TINY_TRAIN, "trainer.deterministic=true", "scheduler=constant",
+             "trainer.limit_train_batches=2", "trainer.batch_size=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def odd_val_data(demo_data_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny demo with folds of its own: fold 0 validates on its first 11 images,
+    an odd number."""
+    data = tmp_path_factory.mktemp("odd_val") / "data"
+    shutil.copytree(demo_data_dir, data / "demo_shapes")
+    rows = (data / "demo_shapes" / "train.csv").read_text().splitlines()[1:]
+    folds = [f"{row.split(',')[0]},{0 if i < 11 else 1 + i % 3}" for i, row in enumerate(rows)]
+    (data / "demo_shapes" / "folds.csv").write_text("\n".join(["id,fold", *folds]) + "\n")
+    return data
+
+
+@pytest.fixture(scope="module")
+def odd_val_paths(odd_val_data) -> list[str]:
+    return [f"paths.data_dir={odd_val_data}", f"paths.runs_dir={odd_val_data.parent / 'runs'}"]
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(odd_val_paths, tmp_path_factory) -> Path:
+    """2 epochs on 2 processes started by an external torchrun. Each rank's Hydra gets its own
+    directory (run_0, run_1); podium must keep rank 0's and remove the other."""
+    base = tmp_path_factory.mktemp("torchrun")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "podium.cli", "train", *DDP_TRAIN, *odd_val_paths, "trainer.max_epochs=2",
+        f"hydra.run.dir={base}/run_${{oc.env:RANK}}",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=podium_env(), cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in base.iterdir()) == ["run_0"], proc.stderr
+    return base / "run_0"
+
+
+@pytest.mark.slow
+def test_torchrun_job_writes_one_run(torchrun_run):
+    summary = json.loads((torchrun_run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 4
+    assert summary["epochs_run"] == 2
+    log = (torchrun_run / "podium.log").read_text()
+    assert log.count("37 train / 11 val images, global batch 4 (2 x 2 devices x 1 accum)") == 1
+    assert log.count("epoch 2: train loss") == 1  # rank 0 logs, once
+    assert (torchrun_run / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_devices_2_then_resume_matches_the_torchrun_job(torchrun_run, odd_val_paths, tmp_path):
+    """`trainer.devices=2` (podium launches the workers) for 1 epoch, resumed to 2, ends with
+    the torchrun job's weights, optimizer state and EMA bit for bit: every rank restored."""
+    split = tmp_path / "split"
+    run_podium("train", *DDP_TRAIN, *odd_val_paths, "trainer.max_epochs=1", "trainer.devices=2",
+               f"hydra.run.dir={split}")  # fmt: skip
+    run_podium("train", f"resume={split}", "trainer.max_epochs=2")  # devices=2 from the run
+    summary = json.loads((split / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 2
+    assert len((split / "metrics.csv").read_text().splitlines()) == 3
+    assert_identical(torchrun_run, split)
+
+
+@pytest.mark.slow
+def test_two_process_validation_equals_one_process_on_the_same_checkpoint(torchrun_run):
+    """The 2-process job scored its best epoch (11 images: rank 0 took 6, rank 1 took 5) and
+    saved those weights as best.pt; one process scoring best.pt must get the same numbers."""
+    from podium.competition import load_competition
+    from podium.data import SegmentationDataset, build_transforms, split_samples
+    from podium.losses import build_loss
+    from podium.train import load_run_model, validate
+
+    model, cfg = load_run_model(torchrun_run)
+    competition = load_competition(cfg)
+    folds = {i: int(f) for i, f in (line.split(",") for line in
+             (competition.data_dir / "folds.csv").read_text().split()[1:])}  # fmt: skip
+    _, val_samples = split_samples(competition.train_samples(), folds, int(cfg.fold))
+    transform = build_transforms(cfg.augment, cfg.competition.image_size, train=False)
+    dataset = SegmentationDataset(competition, val_samples, transform)
+    loss_fn = build_loss(cfg.loss, competition.task)
+    one = validate(model, dataset, competition, cfg, torch.device("cpu"), torch.channels_last,
+                   loss_fn)  # fmt: skip
+
+    summary = json.loads((torchrun_run / "summary.json").read_text())
+    rows = (torchrun_run / "metrics.csv").read_text().splitlines()
+    header, best = rows[0].split(","), rows[summary["best_epoch"]].split(",")
+    two_loss = float(best[header.index("val_loss")])  # written with 6 decimals
+    assert len(one["scores"]) == 11
+    assert abs(one["score"] - summary["best_score"]) < 1e-6
+    assert abs(one["loss"] - two_loss) < 1e-6
+    oof = np.load(torchrun_run / "oof.npz")
+    assert oof["ids"].tolist() == [s.id for s in val_samples]
+    for i, probs in enumerate(one["probs"]):
+        assert np.array_equal(oof[f"prob_{i}"], probs), i
+
+
+@pytest.mark.slow
+def test_worker_error_stops_podium_train(odd_val_data, tmp_path):
+    """A corrupt validation image that only rank 1 reads: rank 0 finishes its share and waits in
+    the gather; the job must still stop, with rank 1's error as one line."""
+    data = tmp_path / "data"
+    shutil.copytree(odd_val_data, data)
+    second_val_id = (data / "demo_shapes" / "folds.csv").read_text().split()[2].split(",")[0]
+    corrupt = data / "demo_shapes" / "train" / "images" / f"{second_val_id}.png"
+    corrupt.write_bytes(b"not a png")  # validation image 1: rank 1's first
+    runs = tmp_path / "runs"
+    proc = run_podium(
+        "train", *DDP_TRAIN, f"paths.data_dir={data}", f"paths.runs_dir={runs}",
+        "trainer.devices=2", check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.count(f"podium: error: {corrupt}: cannot read image") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(list((runs / "demo_shapes").glob("*/config.yaml"))) == 1
+
+
+def raise_on_rank_1() -> None:
+    dist.init_worker()
+    if dist.rank() == 1:
+        raise ValueError(f"injected at {time.time()!r}")
+    dist.barrier()  # rank 0 would wait here for rank 1 until the collective timeout (30 min)
+
+
+def test_failing_worker_stops_the_job_within_seconds(capfd):
+    """Launched the way a job of a `hydra/launcher=joblib` sweep launches: from a process whose
+    default start method is joblib's "loky"."""
+    from joblib.externals.loky.backend import context  # noqa: F401  registers "loky"
+
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("loky", force=True)
+    try:
+        with pytest.raises(dist.WorkerError, match="rank 1 failed: ValueError: injected") as e:
+            dist.launch(raise_on_rank_1, (), nprocs=2)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    raised_at = float(re.search(r"injected at ([\d.]+)", str(e.value)).group(1))
+    assert time.time() - raised_at < 10
+    stderr = capfd.readouterr().err
+    assert stderr.count("Traceback") == 1 and stderr.count("ValueError: injected") == 1, stderr
+
+
+def test_gpu_leases_are_exclusive_and_wait_for_a_free_gpu(tmp_path):
+    gpus = ["0", "1"]
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(dist.lease_gpus(1, gpus, tmp_path, poll_s=0.01))
+        with dist.lease_gpus(1, gpus, tmp_path, poll_s=0.01) as second:
+            assert sorted(first + second) == gpus
+            got: list[list[str]] = []
+
+            def third_job() -> None:
+                with dist.lease_gpus(1, gpus, tmp_path, poll_s=0.01) as third:
+                    got.append(third)
+
+            waiting = threading.Thread(target=third_job)
+            waiting.start()
+            time.sleep(0.2)
+            assert not got  # both GPUs are held
+        waiting.join(timeout=5)
+        assert got == [second]  # the GPU the second job gave back
+    with pytest.raises(PodiumError, match="gpus_per_job=3: only 2 GPU"):
+        dist.lease_gpus(3, gpus, tmp_path).__enter__()
+
+
+def test_devices_setting_is_checked():
+    assert dist.resolve_devices("auto") == max(1, torch.cuda.device_count())
+    assert dist.resolve_devices(2) == 2
+    for bad in ("two", 0):
+        with pytest.raises(PodiumError, match="trainer.devices"):
+            dist.resolve_devices(bad)
