@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -196,6 +197,7 @@ def launch(
     """Run `fn(*args)` in `nprocs` worker processes on this machine (spawned, so `fn` and `args`
     must pickle) and return their results in rank order. `env` is added to the workers'
     environment. A failing worker stops them all: see the module docstring."""
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -214,10 +216,19 @@ def launch(
     with tempfile.TemporaryDirectory(prefix="podium-launch-") as tmp:
         error_file = str(Path(tmp) / "error.json")
         try:
-            with _environment(env or {}), _stdlib_start_method(), _quiet_torch_launcher_logs():
+            with (
+                _environment(env or {}),
+                _stdlib_start_method(),
+                _quiet_torch_launcher_logs(),
+                _restored_signal_handlers(),
+            ):
                 results = elastic_launch(config, _run_worker)(fn, error_file, *args)
         except ChildFailedError as e:
             raise _worker_error(e, error_file) from None
+        except SignalException as e:  # the agent stopped the workers, then raised this
+            if e.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise WorkerError(f"stopped by {e.sigval.name}") from None
     return [results[r] for r in sorted(results)]
 
 
@@ -302,6 +313,20 @@ def _stdlib_start_method() -> Iterator[None]:
         yield
     finally:
         multiprocessing.set_start_method(current, force=True)
+
+
+@contextlib.contextmanager
+def _restored_signal_handlers() -> Iterator[None]:
+    """The agent turns SIGINT/SIGTERM/SIGHUP/SIGQUIT into its SignalException and leaves its
+    handlers installed; put back the previous ones (Ctrl-C is KeyboardInterrupt again)."""
+    signums = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]
+    saved = {signum: signal.getsignal(signum) for signum in signums}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
