@@ -640,6 +640,8 @@ def join_launched_job(config: dict, run_dir: Path) -> float | None:
         if dist.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+            if str(config["trainer"]["devices"]) != "1" or config["trainer"]["gpus_per_job"]:
+                log.warning("trainer.devices/gpus_per_job ignored: torchrun started the workers")
         else:
             _quiet_secondary_rank()
             if Path(decided_dir).resolve() != run_dir.resolve():
