@@ -146,7 +146,11 @@ def explain_hydra_error(error: Exception) -> str:
     text = str(error)
     key = re.search(r"Could not override '([^']+)'", text)
     if key:
-        return f"unknown config key '{key.group(1)}' (to add a new key, use +{key.group(1)}=...)"
+        # The cause names the exact key, e.g. model.kwargs.encoder_depth for model.kwargs={...}.
+        cause = str(error.__cause__ or "")
+        inner = re.search(r"full_key: (\S+)", cause)
+        name = inner.group(1) if inner and inner.group(1).startswith(key.group(1)) else key.group(1)
+        return f"unknown config key '{name}' (to add a new key, use +{name}=...)"
     key = re.search(r"Key '([^']+)' (?:is not in struct|not in)", text)
     full = re.search(r"full_key: (\S+)", text)
     if key:
