@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import sys
@@ -47,9 +48,17 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
         "each other at every parallel region (steps measured 10-100x slower), so the timings "
         "would measure the scheduler instead of the code",
     )  # fmt: skip
+    parser.add_argument(
+        "--malloc", choices=("default", "tuned"), default="default",
+        help="tuned: glibc malloc keeps freed memory (fixed 32 MiB mmap threshold, no "
+        "trimming) here and in podium subprocesses, instead of returning it to the OS and "
+        "page-faulting it back in at every training step",
+    )  # fmt: skip
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
+    if args.malloc == "tuned" and not tune_malloc():
+        parser.error("--malloc tuned: not a glibc system")
     if args.threads > 0:
         import torch
 
@@ -66,6 +75,28 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is visible")
     return args
+
+
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 1 << 30
+
+
+def tune_malloc() -> bool:
+    """Make glibc malloc keep the memory a training step frees for the next step: a fixed mmap
+    threshold (the dynamic one sends some activations to fresh mmaps) and no trimming of the
+    heap top. Also for child processes (the same settings as environment variables)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    ok = libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD) and libc.mallopt(
+        m_trim_threshold, TRIM_THRESHOLD
+    )
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(TRIM_THRESHOLD)
+    return bool(ok)
 
 
 def size(args, full, quick, tiny):
@@ -125,6 +156,7 @@ def machine(device: str) -> str:
     return (
         f"{cpu}, {cores} cores (load average {load} at the end), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}, device {where}"
+        + (", malloc tuned" if "MALLOC_TRIM_THRESHOLD_" in os.environ else "")
     )
 
 
@@ -197,10 +229,26 @@ def table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def variant(args) -> str:
+    """The options that make a run a different configuration (its own section), besides the
+    mode."""
+    parts = []
+    if args.device != "cpu":
+        parts.append(f"--device {args.device}")
+    if args.threads != 1:
+        parts.append(f"--threads {args.threads}")
+    if args.malloc != "default":
+        parts.append(f"--malloc {args.malloc}")
+    return " ".join(parts)
+
+
 def record(args, name: str, headline: str, body: str, device: str) -> None:
-    """Print the result (the headline last) and replace benchmark `name`'s section of the
-    results file with it, keeping the headlines of the last few earlier runs."""
+    """Print the result (the headline last) and replace the section of benchmark `name` in this
+    configuration (`variant`) in the results file, keeping the last few earlier headlines."""
     print(body)
+    config = ", ".join(filter(None, ["" if mode(args) == "full" else mode(args), variant(args)]))
+    if config:  # `make bench` (--quick) keeps its own sections: it never replaces a full run
+        name = f"{name} ({config})"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join(
         [
@@ -220,40 +268,46 @@ def record(args, name: str, headline: str, body: str, device: str) -> None:
 
 
 def update_results(path: Path, name: str, section: str, history_line: str) -> None:
-    """Replace the `name` block of the results file (between its markers) atomically; the text
-    outside the markers (the hand-written summary) is kept as is."""
+    """Replace the block of section `name` in the results file (between its markers)
+    atomically, under a lock; the text before the first block (the hand-written summary) is
+    kept as is. Blocks are ordered by benchmark, then configuration."""
+    import hashlib
+
     from filelock import FileLock
 
     from podium.io import atomic_write
 
-    lock = Path(tempfile.gettempdir()) / f"podium-bench-{abs(hash(str(path.resolve())))}.lock"
-    with FileLock(str(lock), timeout=120):
+    key = re.sub(r"\W+", "-", name).strip("-")  # HTML comments may not hold "--"
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"podium-bench-{digest}.lock"), timeout=120):
         text = path.read_text() if path.is_file() else "# podium benchmarks\n"
-        blocks = _blocks(text)
-        old = blocks.get(name, "")
+        blocks = dict(
+            re.findall(r"^<!-- bench:(\S+) -->\n(.*?)^<!-- /bench:\1 -->$", text, re.M | re.S)
+        )
+        old = blocks.get(key, "")
+        latest = re.findall(r"^<!-- latest: (.+) -->$", old, re.M)
         earlier = (
             re.findall(r"^- (.+)$", old.split("Earlier runs:", 1)[1], re.M)
             if ("Earlier runs:" in old)
             else []
         )
-        latest = re.search(r"^<!-- latest: (.+) -->$", old, re.M)
-        history = ([latest.group(1)] if latest else []) + earlier
+        history = (latest + earlier)[:HISTORY]
         block = f"<!-- latest: {history_line} -->\n{section}\n"
-        if history[:HISTORY]:
-            block += "\nEarlier runs:\n" + "".join(f"- {h}\n" for h in history[:HISTORY])
-        blocks[name] = block
+        if history:
+            block += "\nEarlier runs:\n" + "".join(f"- {h}\n" for h in history)
+        blocks[key] = block
+
+        def order(k: str) -> tuple:
+            base = k.split("-")[0]
+            return (ORDER.index(base) if base in ORDER else len(ORDER), k)
+
         head = re.split(r"^<!-- bench:", text, maxsplit=1, flags=re.M)[0].rstrip() + "\n"
-        names = [n for n in ORDER if n in blocks] + sorted(set(blocks) - set(ORDER))
         out = head + "".join(
-            f"\n<!-- bench:{n} -->\n{blocks[n].strip()}\n<!-- /bench:{n} -->\n" for n in names
+            f"\n<!-- bench:{k} -->\n{blocks[k].strip()}\n<!-- /bench:{k} -->\n"
+            for k in sorted(blocks, key=order)
         )
         with atomic_write(path) as f:
             f.write(out)
-
-
-def _blocks(text: str) -> dict[str, str]:
-    found = re.findall(r"^<!-- bench:(\w+) -->\n(.*?)^<!-- /bench:\1 -->$", text, re.M | re.S)
-    return dict(found)
 
 
 # -- training steps (train_step and loader) ---------------------------------------------------
@@ -278,13 +332,15 @@ def synthetic_batches(count: int, batch: int, size: int, seed: int = 0) -> list[
 
 
 class TimedBatches:
-    """An endless loader over in-memory batches that notes the time when batch `warmup` and
-    batch `warmup + measured` are fetched: the time between is exactly `measured` whole training
-    steps of whatever loop consumes it (the GPU is synchronised at those two points only)."""
+    """An endless loader over in-memory batches that notes the time at which batches `warmup`
+    to `warmup + measured` are fetched: consecutive notes are one whole training step of
+    whatever loop consumes it. On CUDA the device is synchronised at the first and the last
+    note only (so the loop keeps its asynchrony) and only the mean speed is defined."""
 
     def __init__(self, batches: list[dict], warmup: int, measured: int, device):
         self.batches, self.warmup, self.measured, self.device = batches, warmup, measured, device
-        self.start = self.end = None
+        self.times: list[float] = []
+        self.faults: list[int] = []
 
     @property
     def steps(self) -> int:
@@ -292,20 +348,35 @@ class TimedBatches:
         return self.warmup + self.measured + 1
 
     def __iter__(self):
+        last = self.warmup + self.measured
         for i in range(10**9):
-            if i in (self.warmup, self.warmup + self.measured):
-                synchronize(self.device)
-                now = time.perf_counter()
-                self.start, self.end = (now, None) if i == self.warmup else (self.start, now)
+            if self.warmup <= i <= last:
+                if i in (self.warmup, last):
+                    synchronize(self.device)
+                    self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+                self.times.append(time.perf_counter())
             yield self.batches[i % len(self.batches)]
 
-    def images_per_s(self) -> float:
-        if self.end is None:
+    def images_per_s(self, robust: bool = True) -> float:
+        """Images per second over the measured steps: from the median step time (`robust`,
+        CPU only: a burst of another process's work spoils one step, not the run), or from
+        their total time."""
+        if len(self.times) != self.measured + 1:
             raise RuntimeError("the loop stopped before the measurement ended")
-        return self.measured * len(self.batches[0]["image"]) / (self.end - self.start)
+        batch = len(self.batches[0]["image"])
+        if robust and getattr(self.device, "type", self.device) == "cpu":
+            steps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+            return batch / median(steps)
+        return self.measured * batch / (self.times[-1] - self.times[0])
+
+    def page_faults(self) -> float:
+        """Minor page faults of this process per measured step."""
+        return (self.faults[-1] - self.faults[0]) / self.measured
 
 
-def bare_training(model_cfg, device, precision: str, channels_last: bool, compile_model=False):
+def bare_training(
+    model_cfg, device, precision: str, channels_last: bool, compile_model=False, seed: int = 0
+):
     """A hand-written training loop as a strong competitor writes it: the smp model itself,
     AdamW, BCE + soft Dice, autocast (and a GradScaler for fp16) — and nothing else. Returns
     run(loader, steps) -> None."""
@@ -314,6 +385,7 @@ def bare_training(model_cfg, device, precision: str, channels_last: bool, compil
     import torch.nn.functional as F
 
     torch.backends.cudnn.benchmark = True  # as podium's seed_everything sets it
+    torch.manual_seed(seed)  # the weights podium starts from with the same seed
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = smp.create_model(
         model_cfg.arch, encoder_name=model_cfg.encoder, encoder_weights=None, classes=1,

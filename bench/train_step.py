@@ -67,10 +67,12 @@ def no_validation(*_args, **_kwargs) -> dict:
     return {"score": 0.0, "loss": 0.0, "scores": [], "probs": [], "masks": []}
 
 
-def podium_run(cfg, batches, warmup, measured, device, run_dir: Path) -> float:
-    """images/s of `measured` steps of podium's own training loop."""
+def podium_run(cfg, batches, warmup, measured, device, run_dir: Path) -> tuple[float, ...]:
+    """images/s of `measured` steps of podium's own training loop (from the median step, from
+    the mean step) and the minor page faults per step."""
     loader = bench.TimedBatches(batches, warmup, measured, device)
-    samples = 2 * loader.steps * len(batches[0]["image"])  # two folds: half of them train
+    samples = 200 * len(batches[0]["image"])  # two folds: 100 steps' worth train (fixed, as
+    # folds.csv is made once per data dir)
     with patched(
         podium.train,
         load_competition=lambda c: InMemoryCompetition(c.competition, samples),
@@ -80,17 +82,17 @@ def podium_run(cfg, batches, warmup, measured, device, run_dir: Path) -> float:
         resolve_device=lambda: device,
     ):
         podium.train.train(cfg, run_dir)
-    return loader.images_per_s()
+    return loader.images_per_s(), loader.images_per_s(robust=False), loader.page_faults()
 
 
-def bare_run(cfg, batches, warmup, measured, device, compile_model=False) -> float:
+def bare_run(cfg, batches, warmup, measured, device, compile_model=False) -> tuple[float, ...]:
     loader = bench.TimedBatches(batches, warmup, measured, device)
     precision = podium.train.resolve_precision(cfg.trainer.precision, device)
     run = bench.bare_training(
         cfg.model, device, precision, cfg.trainer.channels_last, compile_model
     )
     run(iter(loader), loader.steps)
-    return loader.images_per_s()
+    return loader.images_per_s(), loader.images_per_s(robust=False), loader.page_faults()
 
 
 def extras_cost(cfg, batch: dict, device, repeats: int) -> list[tuple[str, float]]:
@@ -160,21 +162,39 @@ def extras_cost(cfg, batch: dict, device, repeats: int) -> list[tuple[str, float
     return costs
 
 
-def profile_podium(cfg, batches, device, run_dir: Path) -> str:
-    """torch.profiler's top operators (self CPU time) over a few of podium's steps."""
+def profile_difference(cfg, batches, steps, device, run_dir: Path, rows: int = 10) -> str:
+    """torch.profiler over one podium run and one bare run of the same steps: the operators
+    podium spends the most extra self-CPU time in (model set-up included in both)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        podium_run(cfg, batches, 1, 3, device, run_dir)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    totals = []
+    for run in (lambda: podium_run(cfg, batches, *steps, device, run_dir),
+                lambda: bare_run(cfg, batches, *steps, device)):  # fmt: skip
+        with profile(activities=activities) as prof:
+            run()
+        totals.append({e.key: (e.self_cpu_time_total / 1000, e.count) for e in prof.key_averages()})
+    podium, bare = totals
+    extra = sorted(podium, key=lambda k: bare.get(k, (0, 0))[0] - podium[k][0])[:rows]
+    table = [
+        [f"`{key[:48]}`", f"{podium[key][0]:.1f} ({podium[key][1]})",
+         f"{bare.get(key, (0, 0))[0]:.1f} ({bare.get(key, (0, 0))[1]})",
+         podium[key][0] - bare.get(key, (0, 0))[0]]
+        for key in extra
+    ]  # fmt: skip
+    sums = [sum(v[0] for v in t.values()) for t in totals]
+    return (
+        f"torch.profiler, {sum(steps) + 1} steps each: self-CPU total podium {sums[0]:.0f} ms, "
+        f"bare {sums[1]:.0f} ms. Operators podium spends the most extra time in:\n\n"
+        + bench.table(["operator", "podium ms (calls)", "bare ms (calls)", "extra ms"], table)
+    )
 
 
 def measure(args, encoder: str, device, tmp: Path) -> dict:
-    """Alternated podium/bare pairs on Unet-`encoder`, then the price list of the extras."""
+    """Alternated podium/bare runs on Unet-`encoder`, then the price list of the extras."""
     image_size = bench.size(args, 256, 128, 64)
     batch_size = bench.size(args, 8, 8, 2)
-    warmup, measured = bench.size(args, (2, 8), (1, 4), (1, 2))
+    warmup, measured = bench.size(args, (2, 8), (2, 4), (1, 2))
     overrides = [
         f"model={MODELS.get(encoder, 'unet')}", f"model.encoder={encoder}",
         "model.encoder_weights=null", f"trainer.batch_size={batch_size}",
@@ -187,19 +207,23 @@ def measure(args, encoder: str, device, tmp: Path) -> dict:
     cfg = compose_config("train", overrides)
     batches = bench.synthetic_batches(3, batch_size, image_size)
     run_dirs = (tmp / encoder / f"run{i}" for i in range(10**6))
+    bare_run(cfg, batches, 1, 1, device)  # the process's first steps are slow: not in a pair
     results = bench.interleaved(
         lambda: podium_run(cfg, batches, warmup, measured, device, next(run_dirs)),
         lambda: bare_run(cfg, batches, warmup, measured, device),
-        bench.size(args, 5, 3, 1),
+        bench.size(args, 7, 5, 1),
     )
-    ratios = bench.pair_ratios(results)
-    bare_ips = bench.median([b for _, b in results])
+    ratios = [a[0] / b[0] for a, b in results]  # from the median steps (CPU)
+    mean_ratios = [a[1] / b[1] for a, b in results]  # from the total times
+    bare_ips = bench.median([b[0] for _, b in results])
     out = {
         "ratio": bench.median(ratios),
         "row": [
             f"Unet {encoder}", f"{image_size}px x {batch_size}",
-            bench.median([a for a, _ in results]), bare_ips, bench.median(ratios),
-            bench.spread(ratios), len(results),
+            bench.median([a[0] for a, _ in results]), bare_ips, bench.median(ratios),
+            bench.spread(ratios), bench.median(mean_ratios), bench.spread(mean_ratios),
+            len(results), bench.median([a[2] for a, _ in results]),
+            bench.median([b[2] for _, b in results]),
         ],
         "step_ms": 1000 * batch_size / bare_ips,
         "extras": extras_cost(cfg, batches[0], device, bench.size(args, 7, 5, 2)),
@@ -208,11 +232,14 @@ def measure(args, encoder: str, device, tmp: Path) -> dict:
     }  # fmt: skip
     if args.compile:
         runs = [bare_run(cfg, batches, warmup + 2, measured, device, True) for _ in range(2)]
-        out["compiled"] = [f"Unet {encoder}, bare + torch.compile", "", "", bench.median(runs),
-                           "", "", 2]  # fmt: skip
+        compiled = bench.median([r[0] for r in runs])
+        out["compiled"] = [f"Unet {encoder}, bare + torch.compile", "", "", compiled,
+                           *[""] * 4, 2, "", ""]  # fmt: skip
     if args.profile:
-        table = profile_podium(cfg, batches, device, tmp / encoder / "profile")
-        out["profile"] = f"Profile of podium's steps, Unet {encoder}:\n\n```\n{table}\n```"
+        table = profile_difference(
+            cfg, batches, (warmup, measured), device, tmp / encoder / "profile"
+        )
+        out["profile"] = f"Unet {encoder}: {table}\n"
     print(f"{encoder}: podium/bare {out['ratio']:.3f} ({bench.spread(ratios)})")
     return out
 
@@ -221,7 +248,7 @@ def main() -> None:
     def options(parser):
         parser.add_argument("--models", default="resnet34,mobilenet_v2", help="encoders")
         parser.add_argument("--compile", action="store_true", help="also time bare+torch.compile")
-        parser.add_argument("--profile", action="store_true", help="add a torch.profiler table")
+        parser.add_argument("--profile", action="store_true", help="add torch.profiler tables")
 
     args = bench.parse_args(__doc__.splitlines()[0], options)
     device = bench.torch_device(args.device)
@@ -230,8 +257,9 @@ def main() -> None:
         results = {encoder: measure(args, encoder, device, tmp) for encoder in encoders}
     rows = [r["row"] for r in results.values()]
     rows += [r["compiled"] for r in results.values() if r["compiled"]]
-    columns = ["model", "input", "podium img/s", "bare img/s", "ratio (median of pairs)",
-               "pair ratios", "pairs"]  # fmt: skip
+    columns = ["model", "input", "podium img/s", "bare img/s", "ratio", "pair ratios",
+               "ratio (mean steps)", "pair ratios", "pairs", "podium page faults/step",
+               "bare page faults/step"]  # fmt: skip
     cost_rows = []
     for i, (name, _) in enumerate(next(iter(results.values()))["extras"]):
         cells = []
@@ -241,6 +269,11 @@ def main() -> None:
         cost_rows.append([name, *cells])
     body = [
         bench.table(columns, rows),
+        "",
+        "img/s and ratio: from each run's median step time (a burst of another process's work "
+        "spoils one step, not the run), median over the alternated pairs; ratio (mean steps): "
+        "from the runs' total time over the same steps. Page faults: minor faults of the "
+        "process per measured step (memory the allocator gave back to the OS and touches again).",
         "",
         "What podium's loop adds per step (ms, median of single timings; % of a bare step):",
         "",

@@ -55,7 +55,7 @@ def test_rle_matches_its_peers_and_keeps_a_short_history(run_bench, tmp_path):
     assert re.fullmatch(r"rle ratio \d+\.\d{3}", first)
     _, results = run_bench("rle")
     assert results.startswith("# Benchmarks\n\nHand-written summary.\n")
-    assert results.count("## rle") == 1  # replaced, not appended
+    assert results.count("## rle (tiny)") == 1  # replaced, not appended
     assert re.search(r"Earlier runs:\n- .*\(tiny\): rle ratio \d", results)
     assert "Kaggle kernel (C)" in results and "pytorch-toolbelt (F)" in results
 
