@@ -49,16 +49,16 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
         "would measure the scheduler instead of the code",
     )  # fmt: skip
     parser.add_argument(
-        "--malloc", choices=("default", "tuned"), default="default",
-        help="tuned: glibc malloc keeps freed memory (fixed 32 MiB mmap threshold, no "
-        "trimming) here and in podium subprocesses, instead of returning it to the OS and "
-        "page-faulting it back in at every training step",
+        "--malloc", choices=("default", "tuned", "heap"), default="default",
+        help="glibc malloc here and in podium subprocesses. tuned: keep freed memory for the "
+        "next step (fixed 32 MiB mmap threshold, no trimming) instead of giving it back to the "
+        "OS and page-faulting it in again; heap: also no mmap at all (blocks over 32 MiB too)",
     )  # fmt: skip
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
-    if args.malloc == "tuned" and not tune_malloc():
-        parser.error("--malloc tuned: not a glibc system")
+    if args.malloc != "default" and not tune_malloc(no_mmap=args.malloc == "heap"):
+        parser.error(f"--malloc {args.malloc}: not a glibc system")
     if args.threads > 0:
         import torch
 
@@ -80,23 +80,27 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
 MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 1 << 30
 
 
-def tune_malloc() -> bool:
+def tune_malloc(no_mmap: bool = False) -> bool:
     """Make glibc malloc keep the memory a training step frees for the next step: a fixed mmap
     threshold (the dynamic one sends some activations to fresh mmaps) and no trimming of the
-    heap top. Also for child processes (the same settings as environment variables)."""
+    heap top; with `no_mmap`, no mmap at all. Children get the same settings (environment)."""
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    ok = libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD) and libc.mallopt(
-        m_trim_threshold, TRIM_THRESHOLD
-    )
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
-    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(TRIM_THRESHOLD)
-    return bool(ok)
+    settings = {  # <malloc.h> parameter number, environment variable, value
+        "trim": (-1, "MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD),
+        "mmap threshold": (-3, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD),
+    }
+    if no_mmap:
+        settings["mmap max"] = (-4, "MALLOC_MMAP_MAX_", 0)
+    for number, variable, value in settings.values():
+        if not libc.mallopt(number, value):
+            return False
+        os.environ[variable] = str(value)
+    return True
 
 
 def size(args, full, quick, tiny):
@@ -156,7 +160,8 @@ def machine(device: str) -> str:
     return (
         f"{cpu}, {cores} cores (load average {load} at the end), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}, device {where}"
-        + (", malloc tuned" if "MALLOC_TRIM_THRESHOLD_" in os.environ else "")
+        + (", glibc malloc tuned" if "MALLOC_TRIM_THRESHOLD_" in os.environ else "")
+        + (" (no mmap)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "")
     )
 
 
@@ -338,6 +343,8 @@ class TimedBatches:
     note only (so the loop keeps its asynchrony) and only the mean speed is defined."""
 
     def __init__(self, batches: list[dict], warmup: int, measured: int, device):
+        if getattr(device, "type", device) == "cuda":  # as podium's loaders pin them on CUDA
+            batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
         self.batches, self.warmup, self.measured, self.device = batches, warmup, measured, device
         self.times: list[float] = []
         self.faults: list[int] = []

@@ -125,9 +125,10 @@ def main() -> None:
                 common += ["model.kwargs={decoder_channels:[32,16,16,8,8]}",
                            "competition.n_folds=2", "trainer.num_workers=0"]  # fmt: skip
             steps_per_epoch = train_images(common) // batch
+            # The target in whole epochs; below one epoch, one shortened epoch.
             steps = max(1, target // batch)
             epochs = max(1, round(steps / steps_per_epoch))
-            limit = min(steps_per_epoch, steps // epochs)
+            limit = min(steps_per_epoch, steps)
             common += [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={limit}",
                        f"experiment_name=bench_quality_{args.encoder}"]  # fmt: skip
             scores = {}
@@ -149,7 +150,7 @@ def main() -> None:
         f"Unet-{args.encoder}, batch {batch}, default config otherwise (AdamW 1e-3, cosine, EMA, "
         f"BCE+Dice, medium augmentation), fold 0, seed 0, early stopping off. Work is fixed, not "
         f"time: every run of a dataset sees the same images (target {target} per run, rounded "
-        "to whole epochs).",
+        "to whole epochs, or one shortened epoch).",
         "",
         bench.table(columns, rows),
         "",

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from podium.io import read_mask_png
-from podium.rle import rle_decode, rle_encode
+from podium.rle import rle_decode, rle_encode, rle_parse
 
 CARVANA = bench.SHARED_DATA / "kaggle_masks" / "carvana-image-masking-challenge"
 SHAPE = (1280, 1918)
@@ -64,6 +64,20 @@ def toolbelt_rle():
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def candidate_decode(rle: str, shape: tuple[int, int], order: str) -> np.ndarray:
+    """The fix proposed for podium.rle.rle_decode (not podium's code): the same strict
+    `rle_parse`, then the mask filled by np.repeat over the alternating gap/run lengths (one
+    memset per run) instead of a cumulative sum over every pixel."""
+    height, width = shape
+    starts, lengths = rle_parse(rle, shape)
+    bounds = np.empty(2 * starts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, height * width
+    bounds[1:-1:2], bounds[2:-1:2] = starts, starts + lengths
+    values = np.zeros(bounds.size - 1, dtype=np.uint8)
+    values[1::2] = 1
+    return np.repeat(values, np.diff(bounds)).reshape((height, width), order=order)
 
 
 # -- masks ------------------------------------------------------------------------------------
@@ -141,7 +155,14 @@ def main() -> None:
             lambda s: toolbelt.rle_decode(s, shape, np.uint8),
             strings_f,
         )
-    rows, medians, profiles = [], {}, []
+    for order, strings in (("C", strings_c), ("F", strings_f)):
+        for s, m in zip(strings, masks, strict=True):
+            assert (candidate_decode(s, shape, order) == m).all(), "candidate decoder is wrong"
+    candidates = {
+        "Kaggle kernel (C)": lambda s: candidate_decode(s, shape, "C"),
+        "pytorch-toolbelt (F)": lambda s: candidate_decode(s, shape, "F"),
+    }
+    rows, medians, profiles, candidate_rows = [], {}, [], []
     for (operation, peer), (ours, theirs, items) in comparisons.items():
         results = bench.interleaved(
             lambda ours=ours, items=items: timed(ours, items),
@@ -154,6 +175,16 @@ def main() -> None:
                      bench.median([b for _, b in results]), medians[(operation, peer)],
                      bench.spread(ratios)])  # fmt: skip
         print(f"{operation} vs {peer}: {medians[(operation, peer)]:.3f}")
+        if operation == "decode" and medians[(operation, peer)] < 1.0:
+            fix = bench.interleaved(
+                lambda peer=peer, items=items: timed(candidates[peer], items),
+                lambda theirs=theirs, items=items: timed(theirs, items),
+                n_rounds,
+            )
+            fix_ratios = bench.pair_ratios(fix)
+            candidate_rows.append([operation, peer, bench.median([a for a, _ in fix]),
+                                   bench.median([b for _, b in fix]), bench.median(fix_ratios),
+                                   bench.spread(fix_ratios)])  # fmt: skip
         if medians[(operation, peer)] < 1.0 or not args.quick:
             profiles.append(
                 f"cProfile of podium's {operation} ({peer.split(' (')[0]}'s order), 5 passes:"
@@ -176,8 +207,27 @@ def main() -> None:
             rows,
         ),  # fmt: skip
         "",
-        *(p + "\n" for p in profiles),
     ]
+    if candidate_rows:
+        body += [
+            "The proposed decoder fix (`candidate_decode` in bench/rle.py: podium's strict "
+            "`rle_parse`, then np.repeat over the gap/run lengths), alternated with the same "
+            "peers:",
+            "",
+            bench.table(
+                [
+                    "operation",
+                    "peer",
+                    "fix masks/s",
+                    "peer masks/s",
+                    "fix/peer (median)",
+                    "round ratios",
+                ],
+                candidate_rows,
+            ),  # fmt: skip
+            "",
+        ]
+    body += [p + "\n" for p in profiles]
     if toolbelt is None:
         body.append("pytorch-toolbelt is not installed (make install adds it): not compared.")
     worst = min(medians.values())
