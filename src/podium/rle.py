@@ -124,17 +124,14 @@ def rle_decode(rle: str, shape: tuple[int, int], order: str = "F", base: int = 1
     height, width = int(shape[0]), int(shape[1])
     size = height * width
     starts, lengths = rle_parse(rle, (height, width), base)
-    flat = np.zeros(size, dtype=np.uint8)
-    if len(starts) <= size // 256:
-        # Real masks have few runs: filling slices is ~10x faster than a pass over every pixel.
-        for start, end in zip(starts.tolist(), (starts + lengths).tolist(), strict=True):
-            flat[start:end] = 1
-    else:
-        # Many short runs (noise, checkerboards): mark boundaries with +1/-1 and integrate.
-        delta = np.zeros(size + 1, dtype=np.int32)
-        delta[starts] += 1  # starts are unique, and so are ends (sorted, non-overlapping)
-        delta[starts + lengths] -= 1
-        flat = np.cumsum(delta[:-1]).astype(np.uint8)
+    # Alternate gap/run lengths and let np.repeat write them: one memset per run, no pass over
+    # every pixel in Python or a cumulative sum (bench/rle.py: ~1.6x the Kaggle-kernel decoder).
+    bounds = np.empty(2 * starts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, size
+    bounds[1:-1:2], bounds[2:-1:2] = starts, starts + lengths
+    values = np.zeros(bounds.size - 1, dtype=np.uint8)
+    values[1::2] = 1
+    flat = np.repeat(values, np.diff(bounds))
     return flat.reshape((height, width), order=order)
 
 
