@@ -25,6 +25,7 @@ from PIL import Image
 from podium.competition import load_competition
 from podium.config import compose_config
 from podium.data import SegmentationDataset, build_transforms, make_loader, resolve_num_workers
+from podium.train import resolve_precision
 
 KVASIR = bench.SHARED_DATA / "kvasir_seg"
 
@@ -100,7 +101,8 @@ def model_speed(cfg, size: int, batch_size: int, warmup: int, measured: int, dev
     loader = bench.TimedBatches(
         bench.synthetic_batches(2, batch_size, size), warmup, measured, device
     )
-    run = bench.bare_training(cfg.model, device, "fp32" if device.type == "cpu" else "bf16", True)
+    precision = resolve_precision(cfg.trainer.precision, device)  # bf16 on CUDA, as podium
+    run = bench.bare_training(cfg.model, device, precision, bool(cfg.trainer.channels_last))
     run(iter(loader), loader.steps)
     return loader.images_per_s()
 

@@ -9,9 +9,10 @@ B: forward, BCE + soft Dice, backward, AdamW step on the same smp model, same me
    and autocast.
 
 Both draw the same uint8 batches from `TimedBatches`, which times `measured` whole steps after
-`warmup` ones. A and B alternate (AB, BA, ...); the headline is the worst model's median of the
-per-pair ratios A/B of images/s (goal >= 0.97). The table below it prices podium's extra work
-per step, piece by piece, on the same model.
+`warmup` ones and counts the process's page faults over them. A and B alternate (AB, BA, ...);
+a run's speed comes from its median step; the headline is the worst model's median of the
+per-pair ratios A/B of images/s (goal >= 0.97). A second table prices podium's extra work per
+step piece by piece, and --profile adds torch.profiler's operator totals of both loops.
 """
 
 from __future__ import annotations
