@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench competitions
 
 bench: $(STAMP)
-	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
+	for b in bench/[!_]*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs data outputs .pytest_cache
