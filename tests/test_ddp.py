@@ -139,7 +139,9 @@ def test_worker_error_stops_podium_train(odd_val_data, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.count(f"podium: error: {corrupt}: cannot read image") == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert len(list((runs / "demo_shapes").glob("*/config.yaml"))) == 1
+    # One run directory was made (none per rank), and removed: it failed before any checkpoint.
+    assert "removed" in proc.stdout + proc.stderr and "before its first checkpoint" in proc.stdout
+    assert [p for p in (runs / "demo_shapes").glob("*") if p.is_dir()] == []
 
 
 def raise_on_rank_1() -> None:

@@ -134,3 +134,13 @@ def test_multirun_sweeps_seeds_into_separate_runs(demo_paths, tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert [s["seed"] for s in summaries] == [0, 1], proc.stdout
     assert len({s["run_dir"] for s in summaries}) == 2
+
+
+def test_train_without_data_says_to_download_it(tmp_path, capsys):
+    code = cli.main(["train", *TINY_DEMO, *TINY_TRAIN, f"paths.data_dir={tmp_path / 'none'}",
+                     f"hydra.run.dir={tmp_path / 'run'}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no data for competition demo_shapes; run `podium download competition=" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # a run that never started leaves no folder behind

@@ -123,6 +123,14 @@ class Competition:
             f"{self.data_dir}"
         )
 
+    def require_data(self) -> None:
+        """Fail with the fix when the competition's data folder does not exist yet."""
+        if not self.data_dir.is_dir():
+            raise PodiumError(
+                f"{self.data_dir}: no data for competition {self.name}; run `podium download "
+                f"competition={self.name}` first (or point paths.data_dir at it)"
+            )
+
     # -- defaults adapters may override ------------------------------------------------------
     @property
     def num_outputs(self) -> int:

@@ -587,6 +587,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
         )
     area_basis = (tuned or {}).get("area_basis")
 
+    competition.require_data()
     samples = competition.test_samples()
     dataset = SegmentationDataset(competition, samples, transform=None, with_masks=False)
     workers = resolve_num_workers(cfg.num_workers)

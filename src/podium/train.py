@@ -71,6 +71,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # -- data ---------------------------------------------------------------------------------
     competition = load_competition(cfg)
+    competition.require_data()
     samples = competition.train_samples()
     folds = load_or_make_folds(
         samples, competition.data_dir / "folds.csv", int(cfg.competition.n_folds),
@@ -603,6 +604,15 @@ def main(cfg: DictConfig, run_dir: Path) -> float | None:
         return join_launched_job(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    try:
+        return _train_here_or_in_workers(cfg, config, run_dir)
+    except BaseException:
+        if not cfg.resume and _remove_unstarted_run_dir(run_dir):
+            log.info("removed %s: the run stopped before its first checkpoint", run_dir)
+        raise
+
+
+def _train_here_or_in_workers(cfg: DictConfig, config: dict, run_dir: Path) -> float | None:
     tc = cfg.trainer
     if tc.gpus_per_job:
         with dist.lease_gpus(int(tc.gpus_per_job)) as gpus:
@@ -645,7 +655,7 @@ def join_launched_job(config: dict, run_dir: Path) -> float | None:
         else:
             _quiet_secondary_rank()
             if Path(decided_dir).resolve() != run_dir.resolve():
-                _remove_hydra_only_dir(run_dir)
+                _remove_unstarted_run_dir(run_dir)
         dist.barrier()
         return train(OmegaConf.create(config), Path(decided_dir))["best_score"]
     except BaseException as error:
@@ -708,10 +718,17 @@ def _quiet_secondary_rank() -> None:
         handler.close()
 
 
-def _remove_hydra_only_dir(path: Path) -> None:
-    """Remove a run directory that holds only what Hydra writes at start (.hydra/, *.log)."""
+STARTUP_FILES = {".hydra", "config.yaml", "tb", "metrics.csv"}  # and *.log
+
+
+def _remove_unstarted_run_dir(path: Path) -> bool:
+    """Remove a run directory that holds only what Hydra and podium write before the first
+    checkpoint (a run that never got anywhere would otherwise be picked up by `runs=[...]`
+    globs). Anything else in it, e.g. a checkpoint, keeps it. True if it was removed."""
     entries = list(path.iterdir()) if path.is_dir() else []
-    if all(e.name == ".hydra" or e.suffix == ".log" for e in entries):
+    if entries and all(e.name in STARTUP_FILES or e.suffix == ".log" for e in entries):
         shutil.rmtree(path, ignore_errors=True)
-    else:
-        log.warning("%s: not removed (holds more than Hydra's start-up files)", path)
+        return True
+    if entries:
+        log.warning("%s: not removed (it holds more than a run's start-up files)", path)
+    return False
