@@ -25,7 +25,7 @@ from PIL import Image
 from podium.competition import load_competition
 from podium.config import compose_config
 from podium.data import SegmentationDataset, build_transforms, make_loader, resolve_num_workers
-from podium.train import resolve_precision
+from podium.models import resolve_precision
 
 KVASIR = bench.SHARED_DATA / "kvasir_seg"
 

@@ -99,7 +99,7 @@ def bare_main(run: Path, data_dir: Path, out: Path, device_name: str, batch: int
     import torch
 
     from podium.data import resolve_num_workers
-    from podium.train import load_run_model, resolve_precision
+    from podium.models import load_run_model, resolve_precision
 
     device = bench.torch_device(device_name)
     model, _ = load_run_model(run)  # podium's loader: the same weights (not timed)

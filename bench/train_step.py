@@ -24,6 +24,7 @@ from pathlib import Path
 import _common as bench
 import torch
 
+import podium.models
 import podium.train
 from podium.competition import Competition, Sample
 from podium.config import compose_config
@@ -88,7 +89,7 @@ def podium_run(cfg, batches, warmup, measured, device, run_dir: Path) -> tuple[f
 
 def bare_run(cfg, batches, warmup, measured, device, compile_model=False) -> tuple[float, ...]:
     loader = bench.TimedBatches(batches, warmup, measured, device)
-    precision = podium.train.resolve_precision(cfg.trainer.precision, device)
+    precision = podium.models.resolve_precision(cfg.trainer.precision, device)
     run = bench.bare_training(
         cfg.model, device, precision, cfg.trainer.channels_last, compile_model
     )
@@ -108,7 +109,7 @@ def extras_cost(cfg, batch: dict, device, repeats: int) -> list[tuple[str, float
         optimizer, podium.train.lr_schedule(cfg.scheduler, 1000, 100)
     )
     loss_fn = build_loss(cfg.loss, "binary")
-    images = podium.train.to_input(batch["image"], model, device, memory_format)
+    images = podium.models.to_input(batch["image"], model, device, memory_format)
     masks = batch["mask"].to(device)
     loss_fn(model(images), masks).backward()  # gradients for clipping to read
     optimizer.step()  # (the scheduler warns when it steps first)
@@ -133,7 +134,7 @@ def extras_cost(cfg, batch: dict, device, repeats: int) -> list[tuple[str, float
                 model.parameters(), float(tc.grad_clip)
             ),
             "LR scheduler step": scheduler.step,
-            "to_input (uint8 -> normalised)": lambda: podium.train.to_input(
+            "to_input (uint8 -> normalised)": lambda: podium.models.to_input(
                 batch["image"], model, device, memory_format
             ),
             "  bare normalisation": lambda: (

@@ -96,7 +96,8 @@ def test_two_process_validation_equals_one_process_on_the_same_checkpoint(torchr
     from podium.competition import load_competition
     from podium.data import SegmentationDataset, build_transforms, split_samples
     from podium.losses import build_loss
-    from podium.train import load_run_model, validate
+    from podium.models import load_run_model
+    from podium.train import validate
 
     model, cfg = load_run_model(torchrun_run)
     competition = load_competition(cfg)

@@ -50,7 +50,7 @@ from podium.data import (
     split_samples,
 )
 from podium.io import PodiumError
-from podium.train import (
+from podium.models import (
     binarize,
     load_run_model,
     predict_logits,

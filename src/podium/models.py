@@ -14,21 +14,28 @@ Pretrained encoder weights (`model.encoder_weights`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from podium import distributed as dist
 from podium.io import PodiumError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentationModel", "build_model", "load_encoder_weights", "pad_to_multiple"]
+__all__ = [
+    "SegmentationModel", "build_model", "load_encoder_weights", "pad_to_multiple",
+    "resolve_device", "resolve_precision", "autocast", "to_input", "probabilities", "binarize",
+    "load_run_model", "predict_logits",
+]  # fmt: skip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -198,3 +205,77 @@ def _offline_message(encoder: str, weights: str) -> str:
         f"internet (or copy a filled cache there), or set model.encoder_weights=PATH to a local "
         f".pth/.safetensors file, or model.encoder_weights=null to train from scratch"
     )
+
+
+# =============================================================================================
+# Running a model: what training, validation, prediction and reports share.
+def resolve_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", dist.local_rank())
+    return torch.device("cpu")
+
+
+def resolve_precision(value: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that support it, else fp16 on CUDA; fp32 on CPU (CPU autocast rarely
+    pays off for convolutions)."""
+    if value != "auto":
+        if value not in ("bf16", "fp16", "fp32"):
+            raise PodiumError(f"trainer.precision={value}: expected auto | bf16 | fp16 | fp32")
+        return value
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_input(images: torch.Tensor, model: SegmentationModel, device, memory_format):
+    """uint8 NCHW -> normalised float on the device."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    mean = torch.tensor(model.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, device=device).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=memory_format)
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    return logits.softmax(1) if task == "multiclass" else logits.sigmoid()
+
+
+def binarize(probs: np.ndarray, task: str, threshold: float) -> np.ndarray:
+    """Hard masks from CxHxW probabilities: HxW for binary/multiclass, CxHxW for multilabel."""
+    if task == "multiclass":
+        return probs.argmax(0).astype(np.uint8)
+    hard = (probs > threshold).astype(np.uint8)
+    return hard[0] if task == "binary" else hard
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "best", weights: str = "ema"):
+    """(model, config) of a finished run, with its EMA (or raw) weights, in eval mode on CPU.
+    No pretrained weights are fetched: the run's weights replace them anyway."""
+    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise PodiumError(f"{path}: no checkpoint (did the run finish an epoch?)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = OmegaConf.create(saved["config"])
+    model_cfg = OmegaConf.merge(cfg.model, {"encoder_weights": None})
+    competition_outputs = 1 if cfg.competition.task == "binary" else len(cfg.competition.classes)
+    model = build_model(model_cfg, competition_outputs, int(cfg.competition.in_channels))
+    if weights == "ema" and saved.get("ema") is not None:
+        state = {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
+    else:
+        state = saved["model"]
+    model.load_state_dict(state)
+    return model.eval(), cfg
+
+
+@torch.inference_mode()
+def predict_logits(model: SegmentationModel, images: torch.Tensor, device, precision="fp32"):
+    """Float logits of a uint8 NCHW batch (the one forward pass prediction code shares)."""
+    x = to_input(images, model, device, torch.channels_last)
+    with autocast(device, precision):
+        return model(x).float()

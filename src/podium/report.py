@@ -1008,7 +1008,7 @@ class Case:
 def oof_cases(run: Run, competition) -> list[Case]:
     """Every validation image of a run's oof.npz, scored with the competition metric at the
     run's validation threshold (their mean is the run's best_score)."""
-    from podium.train import binarize
+    from podium.models import binarize
 
     path = run.run_dir / "oof.npz"
     task, threshold = competition.task, float(run.config["trainer"]["threshold"])
@@ -1051,7 +1051,7 @@ def plot_validation_grid(experiment: Experiment, metric: str, path: Path) -> str
     from matplotlib.figure import Figure
 
     from podium.competition import load_competition
-    from podium.train import binarize
+    from podium.models import binarize
 
     usable = [
         r for r in experiment.runs if r.config and r.run_dir and (r.run_dir / "oof.npz").is_file()
