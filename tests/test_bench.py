@@ -88,3 +88,10 @@ def test_quality_without_real_data_says_so_and_records_nothing(run_bench, tmp_pa
     last, results = run_bench("quality", "--data-root", str(tmp_path / "nothing"))
     assert last == "quality skipped: no real data (../shared/data) on this machine"
     assert results == ""
+
+
+def test_ddp_trains_one_and_two_processes_at_the_same_global_batch(run_bench):
+    last, results = run_bench("ddp")
+    assert re.fullmatch(r"ddp score gap \d+\.\d{4}", last)
+    assert re.search(r"\| 0 \| \d\.\d{3} \| \d\.\d{3} \| [+-]\d\.\d{4} \|", results)
+    assert "global batch 4: 1 process x 4 against 2 processes x 2" in results
