@@ -151,7 +151,11 @@ def measure(args, folder, size: int, device, workers: int) -> dict:
         f"{size}px", workers, bench.median([a for a, _ in pairs]),
         bench.median([b for _, b in pairs]), bench.median(ratios), bench.spread(ratios),
     ]  # fmt: skip
-    print(f"{size}px: per worker {per_worker[1:4]}, headroom {bench.median(ratios):.2f}")
+    light_s, medium_s, naive_s = per_worker[1:4]
+    print(
+        f"{size}px: img/s per worker light {light_s:.0f}, medium {medium_s:.0f}, naive "
+        f"{naive_s:.0f}; headroom {bench.median(ratios):.2f}"
+    )
     return {"per_worker": per_worker, "headroom": headroom, "images": len(samples),
             "rounds": f"{n_rounds} rounds of {chunk} images"}  # fmt: skip
 

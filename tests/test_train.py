@@ -144,3 +144,11 @@ def test_train_without_data_says_to_download_it(tmp_path, capsys):
     assert "no data for competition demo_shapes; run `podium download competition=" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # a run that never started leaves no folder behind
+
+
+def test_cpu_training_keeps_freed_memory_on_glibc():
+    import platform
+
+    from podium.train import retain_freed_memory
+
+    assert retain_freed_memory() == (platform.libc_ver()[0] == "glibc")

@@ -16,6 +16,7 @@ Run directory (decided once, before any worker starts):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import math
@@ -74,6 +75,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     t_start = time.time()
     tc = cfg.trainer
     device = resolve_device()
+    if device.type == "cpu":
+        retain_freed_memory()
     seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))
     world = dist.world_size()
 
@@ -303,6 +306,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 # =============================================================================================
 # The pieces `train` uses, in the order it uses them.
+def retain_freed_memory() -> bool:
+    """CPU training on glibc: keep the memory a step frees for the next step. By default glibc
+    gives large blocks back to the OS (a moving mmap threshold, heap trimming) and the next step
+    page-faults them in again: bench/train_step.py counted up to 30,000 faults per step and a
+    6-13% slower step at 128 px, and a demo epoch ran ~7% faster with this. Blocks over 32 MiB
+    still go to mmap. False (and nothing changed) where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: trim only above 1 GiB of free top
+            and libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: fixed at 32 MiB
+        )
+    except (OSError, AttributeError):
+        return False
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
