@@ -609,8 +609,9 @@ def join_launched_job(config: dict, run_dir: Path) -> float | None:
                 log.warning("trainer.devices/gpus_per_job ignored: torchrun started the workers")
         else:
             _quiet_secondary_rank()
-            if Path(decided_dir).resolve() != run_dir.resolve():
-                _remove_unstarted_run_dir(run_dir)
+            extra_dir = Path(decided_dir).resolve() != run_dir.resolve()
+            if extra_dir and not _remove_unstarted_run_dir(run_dir) and run_dir.is_dir():
+                log.warning("%s: not removed (it holds more than Hydra's files)", run_dir)
         dist.barrier()
         return train(OmegaConf.create(config), Path(decided_dir))["best_score"]
     except BaseException as error:
@@ -681,9 +682,7 @@ def _remove_unstarted_run_dir(path: Path) -> bool:
     checkpoint (a run that never got anywhere would otherwise be picked up by `runs=[...]`
     globs). Anything else in it, e.g. a checkpoint, keeps it. True if it was removed."""
     entries = list(path.iterdir()) if path.is_dir() else []
-    if entries and all(e.name in STARTUP_FILES or e.suffix == ".log" for e in entries):
+    if path.is_dir() and all(e.name in STARTUP_FILES or e.suffix == ".log" for e in entries):
         shutil.rmtree(path, ignore_errors=True)
         return True
-    if entries:
-        log.warning("%s: not removed (it holds more than a run's start-up files)", path)
     return False
