@@ -309,9 +309,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 def retain_freed_memory() -> bool:
     """CPU training on glibc: keep the memory a step frees for the next step. By default glibc
     gives large blocks back to the OS (a moving mmap threshold, heap trimming) and the next step
-    page-faults them in again: bench/train_step.py counted up to 30,000 faults per step and a
-    6-13% slower step at 128 px, and a demo epoch ran ~7% faster with this. Blocks over 32 MiB
-    still go to mmap. False (and nothing changed) where there is no glibc."""
+    page-faults them in again: bench/train_step.py counted up to 33,000 faults per step at
+    128 px (0 with this), and demo epochs ran ~7% faster with this (interleaved A/B). Blocks
+    over 32 MiB still go to mmap. False (and nothing changed) where there is no glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(
