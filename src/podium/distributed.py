@@ -65,8 +65,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Collectives wait this long for a missing rank before failing (torch's default is 30 min for
-# gloo); a dead rank is normally caught by the launcher within a second.
+# Collectives wait this long for a missing rank before failing: gloo's default, and longer than
+# NCCL's 10 min so a slow rank-0 step (checkpoints, OOF files) never fails the others. A dead rank
+# is normally caught by the launcher within a second.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
