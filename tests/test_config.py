@@ -42,6 +42,18 @@ def test_experiment_preset_overrides_groups():
     assert cfg.model.encoder == "mobilenet_v2" and cfg.model.encoder_weights is None
 
 
+def test_encoder_weights_default_comes_from_the_competition():
+    """ImageNet on real competitions; the synthetic demo trains from scratch, so the plain
+    `podium train competition=demo_shapes` needs no download. The command line still wins."""
+    tgs = "competition=tgs-salt-identification-challenge"
+    assert compose_config("train", [tgs]).model.encoder_weights == "imagenet"
+    assert compose_config("train", ["competition=demo_shapes"]).model.encoder_weights is None
+    tgs_scratch = [tgs, "model.encoder_weights=null"]
+    assert compose_config("train", tgs_scratch).model.encoder_weights is None
+    demo_imagenet = ["competition=demo_shapes", "model.encoder_weights=imagenet"]
+    assert compose_config("train", demo_imagenet).model.encoder_weights == "imagenet"
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

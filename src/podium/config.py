@@ -43,6 +43,8 @@ COMPETITION_DEFAULTS = {
     "metric": "dice",  # a name in podium.metrics.METRICS, or "adapter" (Adapter.score_image)
     "image_size": None,  # [H, W]: resize for training/validation; null keeps the native size
     "in_channels": 3,
+    # What model.encoder_weights defaults to on this competition (the command line still wins).
+    "encoder_weights": "imagenet",
     "n_folds": 5,
     "folds_seed": 42,
     "data_dir": "${paths.data_dir}/${.name}",

@@ -100,14 +100,15 @@ def build_model(cfg: DictConfig, num_outputs: int, in_channels: int = 3) -> Segm
     if hub_weights is not None and cfg.encoder.startswith("tu-"):
         hub_weights = True  # timm-universal encoders take a flag; the tag is in the name
     try:
-        net = smp.create_model(
-            cfg.arch,
-            encoder_name=cfg.encoder,
-            encoder_weights=hub_weights,
-            in_channels=in_channels,
-            classes=num_outputs,
-            **dict(cfg.get("kwargs") or {}),
-        )
+        with _quiet_hub_retries():
+            net = smp.create_model(
+                cfg.arch,
+                encoder_name=cfg.encoder,
+                encoder_weights=hub_weights,
+                in_channels=in_channels,
+                classes=num_outputs,
+                **dict(cfg.get("kwargs") or {}),
+            )
     except KeyError as e:
         raise PodiumError(f"model: {e.args[0] if e.args else e}") from None
     except Exception as e:  # the hub raises many types; all mean "weights not reachable"
@@ -170,6 +171,19 @@ def load_encoder_weights(model: SegmentationModel, path: Path) -> int:
     encoder.load_state_dict(best, strict=True)
     log.info("loaded %d/%d encoder tensors from %s", len(best), len(wanted), path)
     return len(best)
+
+
+@contextlib.contextmanager
+def _quiet_hub_retries():
+    """Offline, huggingface_hub logs a warning per retry (five, ~23 s) on every rank before it
+    gives up; podium's one-line message below says what they would, and how to fix it."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _looks_like_path(value: str) -> bool:
