@@ -53,6 +53,9 @@ __all__ = [
     "broadcast_object",
     "broadcast_buffers",
     "reduce_mean",
+    "all_reduce_sum",
+    "convert_sync_batchnorm",
+    "GlooSyncBatchNorm",
     "inside_launcher",
     "resolve_devices",
     "init_worker",
@@ -149,6 +152,83 @@ def reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / world_size()
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over the ranks, differentiably: the backward pass sums the ranks' gradients
+    too, so a quantity every rank computes from global sums (a batch Dice, BatchNorm statistics)
+    gets exactly the single-process gradient once DDP averages the ranks' parameter gradients."""
+    if not is_distributed():
+        return value
+    # torch's functional collectives: differentiable (the backward all-reduces the gradient);
+    # they replace the deprecated torch.distributed.nn.functional.all_reduce.
+    from torch.distributed import _functional_collectives as funcol
+
+    return funcol.wait_tensor(funcol.all_reduce(value, "sum", dist.group.WORLD))
+
+
+# -- BatchNorm over the global batch ----------------------------------------------------------
+class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover the global batch, for CPU (gloo) jobs, where
+    torch's SyncBatchNorm refuses to run (it is built on CUDA kernels). Two differentiable
+    all-reduces per layer (sums and counts, then squared deviations: no E[x^2] - E[x]^2
+    cancellation). Same parameters and buffers as BatchNorm, so checkpoints load into a plain
+    model; in eval mode, or in a single process, it is plain BatchNorm."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed() and world_size() > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        x32 = x.float()
+        local_count = x32.new_full((1,), x.numel() // x.shape[1])
+        sums = all_reduce_sum(torch.cat([x32.sum(dims), local_count]))
+        count, mean = sums[-1], sums[:-1] / sums[-1]
+        centered = x32 - mean.view(shape)
+        var = all_reduce_sum((centered * centered).sum(dims)) / count
+        out = centered * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():  # as BatchNorm: the unbiased variance, momentum or running mean
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum
+                if factor is None:
+                    factor = 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (count / (count - 1).clamp_min(1))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        return out.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with every BatchNorm computing its statistics over the global batch: torch's
+    SyncBatchNorm on GPUs, GlooSyncBatchNorm on CPU."""
+    first = next(module.parameters(), None)
+    if first is not None and first.device.type != "cpu":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _replace_batchnorms(module)
+
+
+def _replace_batchnorms(module: torch.nn.Module) -> torch.nn.Module:
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, GlooSyncBatchNorm
+    ):
+        synced = GlooSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine,
+            module.track_running_stats,
+        )  # fmt: skip
+        synced.load_state_dict(module.state_dict())
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, _replace_batchnorms(child))
+    return module
 
 
 # -- a worker's life --------------------------------------------------------------------------

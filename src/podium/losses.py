@@ -6,7 +6,10 @@ Soft Dice, as computed here (p = predicted probability, t = target, s = `smooth`
     dice = (2 * sum(p * t) + s) / (sum(p) + sum(t) + s),   loss = 1 - mean(dice)
 
 - `reduction="batch"` sums over every image of the batch for each class, then averages the
-  classes (one Dice per class per batch; what smp's DiceLoss does).
+  classes (one Dice per class per batch; what smp's DiceLoss does). Under DDP the batch is the
+  global batch: in a training step (gradients on) the sums are all-reduced across ranks, so N
+  processes train exactly as one process with the N-times batch. Validation (no gradients) keeps
+  each rank's sums, since ranks may hold different numbers of images.
 - `reduction="image"` computes one Dice per image and class and averages them all (the loss that
   matches a per-image Dice metric like Carvana's or Ultrasound Nerve's).
 - Empty masks: with s > 0, an (image, class) whose truth is empty scores s / (sum(p) + s), i.e. 1
@@ -21,6 +24,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from segmentation_models_pytorch.losses import FocalLoss, LovaszLoss
 from torch import nn
+
+from podium import distributed as dist
 
 __all__ = ["SoftDiceLoss", "WeightedLoss", "build_loss"]
 
@@ -48,6 +53,8 @@ class SoftDiceLoss(nn.Module):
         dims = (0, 2, 3) if self.reduction == "batch" else (2, 3)
         intersection = (probs * target).sum(dims)
         total = probs.sum(dims) + target.sum(dims)
+        if self.reduction == "batch" and torch.is_grad_enabled():
+            intersection, total = dist.all_reduce_sum(torch.stack([intersection, total]))
         dice = (2.0 * intersection + self.smooth) / (total + self.smooth).clamp_min(1e-7)
         return 1.0 - dice.mean()
 

@@ -114,9 +114,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     if tc.sync_batchnorm and world > 1:
-        if device.type != "cuda":
-            raise PodiumError("trainer.sync_batchnorm=true: torch's SyncBatchNorm needs GPUs")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = dist.convert_sync_batchnorm(model)
     ema_updates = [0]  # Python-side counter: the decay ramp must not sync with the GPU
     ema = make_ema(model, tc.ema, tc.ema_warmup, ema_updates) if tc.ema else None
     train_model = model
