@@ -77,10 +77,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device()
     if device.type == "cpu":
         retain_freed_memory()
-    # No tqdm monitor thread: started and stopped with the bars, it is one more thread changing
-    # the interpreter's thread list while DataLoader workers fork, which CPython 3.11 before
-    # 3.11.10 can deadlock on (gh-112275, seen once here); podium's bars update every step anyway.
-    tqdm.monitor_interval = 0
     seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))
     world = dist.world_size()
 
