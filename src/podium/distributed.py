@@ -160,11 +160,28 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     gets exactly the single-process gradient once DDP averages the ranks' parameter gradients."""
     if not is_distributed():
         return value
-    # torch's functional collectives: differentiable (the backward all-reduces the gradient);
-    # they replace the deprecated torch.distributed.nn.functional.all_reduce.
-    from torch.distributed import _functional_collectives as funcol
+    return _AllReduceSum.apply(value)
 
-    return funcol.wait_tensor(funcol.all_reduce(value, "sum", dist.group.WORLD))
+
+class _AllReduceSum(torch.autograd.Function):
+    """A blocking all-reduce (sum) whose backward all-reduces the gradient. Not torch's
+    functional collectives: with hundreds of them per step (a synced BatchNorm layer takes
+    two), a DataLoader worker forked at validation hung in CPython 3.11.7's after-fork cleanup
+    (gh-112275: a lock another thread held at the fork) in both `bench/ddp.py --quick` runs
+    made with them, and in none of the runs made with this. torch.distributed.nn's own
+    version of this function is deprecated."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor) -> torch.Tensor:
+        value = value.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 # -- BatchNorm over the global batch ----------------------------------------------------------
