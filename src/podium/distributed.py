@@ -167,9 +167,9 @@ class _AllReduceSum(torch.autograd.Function):
     """A blocking all-reduce (sum) whose backward all-reduces the gradient. Not torch's
     functional collectives: with hundreds of them per step (a synced BatchNorm layer takes
     two), a DataLoader worker forked at validation hung in CPython 3.11.7's after-fork cleanup
-    (gh-112275: a lock another thread held at the fork) in both `bench/ddp.py --quick` runs
-    made with them, and in none of the runs made with this. torch.distributed.nn's own
-    version of this function is deprecated."""
+    (gh-112275: a lock another thread held at the fork) in two of the three `bench/ddp.py`
+    runs made with them, and in neither of the two made with this. torch.distributed.nn's
+    own version of this function is deprecated."""
 
     @staticmethod
     def forward(ctx: Any, value: torch.Tensor) -> torch.Tensor:

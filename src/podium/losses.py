@@ -7,9 +7,9 @@ Soft Dice, as computed here (p = predicted probability, t = target, s = `smooth`
 
 - `reduction="batch"` sums over every image of the batch for each class, then averages the
   classes (one Dice per class per batch; what smp's DiceLoss does). Under DDP the batch is the
-  global batch: in a training step (gradients on) the sums are all-reduced across ranks, so N
-  processes train exactly as one process with the N-times batch. Validation (no gradients) keeps
-  each rank's sums, since ranks may hold different numbers of images.
+  global batch: in a training step (gradients on) the sums are all-reduced across ranks, so the
+  loss and its gradient are those of one process with the N-times batch. Validation (no
+  gradients) keeps each rank's sums, since ranks may hold different numbers of images.
 - `reduction="image"` computes one Dice per image and class and averages them all (the loss that
   matches a per-image Dice metric like Carvana's or Ultrasound Nerve's).
 - Empty masks: with s > 0, an (image, class) whose truth is empty scores s / (sum(p) + s), i.e. 1
