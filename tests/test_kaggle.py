@@ -340,7 +340,7 @@ def test_unsafe_archive_is_rejected_whole(
     assert repr(entry) in str(err.value) and "nothing was extracted" in str(err.value)
     assert data_files(dest) == set()  # not even the harmless ok.csv
     assert not (tmp_path / "out" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
-    assert not list((dest / STATE_DIR).glob("extract-*"))
+    assert not list((dest / STATE_DIR).glob(".unpack-*"))  # no staging folder left
     assert not list((dest / STATE_DIR).glob("*.part*"))  # the bad archive is not kept
 
 
@@ -350,6 +350,109 @@ def test_extraction_conflict_changes_nothing(fake_kaggle: FakeKaggle, tmp_path: 
     with pytest.raises(KaggleError, match="'train.csv' would replace the directory"):
         pk.download("demo-seg", dest)
     assert data_files(dest) == set()  # the other members were not put in place either
+
+
+# ---------------------------------------------------------------------------------- nested archives
+# Kaggle's competition zip holds more archives (train.zip, train_masks.csv.zip, ...); the full
+# layouts of TGS, Carvana and Ultrasound Nerve are exercised in tests/test_download.py.
+NESTED = {
+    "train.zip": make_zip({"images/a.png": b"A" * 300, "masks/a.png": b"M" * 300}),
+    "train_masks.csv.zip": make_zip({"train_masks.csv": b"img,rle_mask\na,1 2\n"}),
+    "sample_submission.csv": b"id,rle_mask\na,\n",
+}
+
+
+def nested_comp(fake: FakeKaggle, files: dict[str, bytes] | None = None) -> str:
+    fake.add_competition(FakeCompetition("nested-comp", "Nested", dict(files or NESTED)))
+    return "nested-comp"
+
+
+def test_member_archives_are_unpacked_and_deleted(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    slug, dest = nested_comp(fake_kaggle), tmp_path / "data"
+    paths = pk.download(slug, dest)
+    expected = {
+        "train/images/a.png",
+        "train/masks/a.png",
+        "train_masks.csv",
+        "sample_submission.csv",
+    }
+    assert data_files(dest) == expected  # the member archives are gone once verified
+    assert {p.relative_to(dest).as_posix() for p in paths} == expected
+    assert (dest / "train_masks.csv").read_bytes() == b"img,rle_mask\na,1 2\n"
+    manifest = json.loads((dest / STATE_DIR / "manifest.json").read_text())
+    assert set(manifest["unpacked"]) == {"train.zip", "train_masks.csv.zip"}
+    assert sorted(pk.downloaded(dest) or []) == sorted(paths)  # deleted archives count as done
+
+    (dest / "train" / "masks" / "a.png").write_bytes(b"m" * 300)  # same size: looks complete
+    assert sorted(pk.download(slug, dest)) == sorted(paths)  # skipped: nothing redone
+    assert (dest / "train" / "masks" / "a.png").read_bytes() == b"m" * 300
+    pk.download(slug, dest, force=True)  # redone: downloaded and unpacked again
+    assert (dest / "train" / "masks" / "a.png").read_bytes() == b"M" * 300
+    assert data_files(dest) == expected
+
+    (dest / "train" / "images" / "a.png").unlink()  # an unpacked file lost: fetched again
+    pk.download(slug, dest)
+    assert data_files(dest) == expected
+    assert (dest / "train" / "images" / "a.png").read_bytes() == b"A" * 300
+
+
+def test_unpack_rules_keep_or_redirect(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    slug, dest = nested_comp(fake_kaggle), tmp_path / "data"
+    rules = pk.UnpackRules({"train_masks.csv.zip": False, "train.zip": "stage1"}, True)
+    pk.download(slug, dest, unpack=rules)
+    assert data_files(dest) == {
+        "train.zip", "train_masks.csv.zip", "sample_submission.csv", "stage1/images/a.png",
+        "stage1/masks/a.png",
+    }  # fmt: skip
+    before = (dest / "stage1" / "images" / "a.png").stat().st_mtime_ns
+    pk.download(slug, dest, unpack=rules)  # kept archive, recorded as unpacked: not redone
+    assert (dest / "stage1" / "images" / "a.png").stat().st_mtime_ns == before
+
+
+def test_unsafe_inner_archive_leaves_nothing_of_it(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    evil = make_zip({"images/ok.png": b"fine", "../../evil.txt": b"pwned"})
+    slug, dest = nested_comp(fake_kaggle, {**NESTED, "train.zip": evil}), tmp_path / "out" / "data"
+    with pytest.raises(KaggleError) as err:
+        pk.download(slug, dest)
+    message = str(err.value)
+    assert "refusing to extract train.zip" in message and "'../../evil.txt'" in message
+    assert "\n" not in message
+    assert not (dest / "train").exists()  # nothing from that archive, not even images/ok.png
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+    assert not list((dest / STATE_DIR).glob(".unpack-*"))
+    # The rest of the download is in place and recorded; the refused archive is kept (not
+    # trusted, not deleted) and refused again on the next run.
+    assert (dest / "train.zip").is_file() and (dest / "sample_submission.csv").is_file()
+    before = (dest / "sample_submission.csv").stat().st_mtime_ns
+    with pytest.raises(KaggleError, match="refusing to extract train.zip"):
+        pk.download(slug, dest)
+    assert (dest / "sample_submission.csv").stat().st_mtime_ns == before  # not fetched again
+
+
+def test_seven_zip_tar_and_gz_members(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    import py7zr
+
+    seven = io.BytesIO()
+    with py7zr.SevenZipFile(seven, "w") as archive:
+        archive.writestr(b"7" * 100, "images/s.png")
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w:gz") as tf:
+        info = tarfile.TarInfo("extra/t.png")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"tar"))
+    files = {
+        "train.7z": seven.getvalue(),
+        "extra.tar.gz": tar.getvalue(),
+        "depths.csv.gz": gzip.compress(b"id,z\n"),
+    }
+    slug, dest = nested_comp(fake_kaggle, files), tmp_path / "data"
+    pk.download(slug, dest)
+    assert data_files(dest) == {"train/images/s.png", "extra/t.png", "depths.csv"}
+    assert (dest / "extra" / "t.png").read_bytes() == b"tar"
 
 
 # ---------------------------------------------------------------------------------- submit

@@ -10,8 +10,9 @@ import contextlib
 import csv
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -128,6 +129,25 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
         raise PodiumError(f"{path}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise PodiumError(f"{path}: not a readable CSV file ({e})") from None
+
+
+@contextlib.contextmanager
+def progress_bar(
+    total: int | None, desc: str, show: bool | None = None, initial: int = 0
+) -> Iterator[Callable[[int], object]]:
+    """A byte-counting progress bar on stderr; yields the function that advances it.
+    `show` None: only when stderr is a terminal (logs and CI stay clean)."""
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total or None, initial=initial, desc=desc, unit="B", unit_scale=True, leave=False
+    ) as bar:
+        yield bar.update
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -21,13 +21,10 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import sys
-import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +32,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from podium.io import PodiumError
+from podium.archives import ArchiveError, UnpackRules, extract_archive, safe_relative, unpack
+from podium.io import PodiumError, progress_bar
 
 __all__ = [
     "KaggleCredentialsWarning",
@@ -623,7 +621,13 @@ class _Remote:
 
 
 class _Manifest:
-    """Records completed downloads (remote identity + output sizes) in ``<dest>/.podium-kaggle``."""
+    """What a download completed, in ``<dest>/.podium-kaggle/manifest.json``.
+
+    ``downloads``: per download key, the remote identity (size, ETag/Last-Modified) and the
+    files it put in place. ``unpacked``: per member archive (path in ``dest``), its size and the
+    files it unpacked into. An archive deleted after its verified extraction still counts as
+    present while everything it unpacked into is.
+    """
 
     def __init__(self, dest: Path) -> None:
         self.path = dest / _STATE_DIR / _MANIFEST
@@ -634,6 +638,7 @@ class _Manifest:
                 raise ValueError("no downloads")
         except (OSError, ValueError, AttributeError):
             self.data = {"version": 1, "downloads": {}}
+        self.data.setdefault("unpacked", {})
 
     def complete_outputs(self, key: str, remote: _Remote) -> list[Path] | None:
         """The outputs of ``key`` if they were fully written from this same remote object."""
@@ -645,24 +650,52 @@ class _Manifest:
         return self.local_outputs(key)
 
     def local_outputs(self, key: str) -> list[Path] | None:
-        """The recorded outputs of ``key`` if all are still on disk with their sizes."""
+        """The recorded outputs of ``key`` if all are still on disk with their sizes (an
+        unpacked archive stands for what it unpacked into)."""
         entry = self.data["downloads"].get(key)
-        if not entry:
+        return self._present(entry["files"]) if entry else None
+
+    def unpacked_outputs(self, rel: str) -> list[Path] | None:
+        """What the member archive ``rel`` unpacked into, if all of it is on disk and the
+        archive (where it was kept) is the one that was unpacked."""
+        entry = self.data["unpacked"].get(rel)
+        archive = self.dest / rel
+        if not entry or (archive.is_file() and archive.stat().st_size != entry["size"]):
             return None
-        outputs = []
-        for rel, size in entry["files"].items():
+        return self._present(entry["files"])
+
+    def _present(self, files: dict[str, int]) -> list[Path] | None:
+        outputs: list[Path] = []
+        for rel, size in files.items():
             path = self.dest / rel
-            if not path.is_file() or path.stat().st_size != size:
+            if path.is_file() and path.stat().st_size == size:
+                outputs.append(path)
+                continue
+            unpacked = self.unpacked_outputs(rel) if not path.exists() else None
+            if unpacked is None:
                 return None
-            outputs.append(path)
+            outputs.extend(unpacked)
         return outputs
 
     def record(self, key: str, remote: _Remote, outputs: list[Path]) -> None:
+        files = self._sizes(outputs)
         self.data["downloads"][key] = {
             "size": remote.size,
             "validator": remote.validator,
-            "files": {p.relative_to(self.dest).as_posix(): p.stat().st_size for p in outputs},
+            "files": files,
         }
+        for rel in files:  # freshly downloaded archives have not been unpacked yet
+            self.data["unpacked"].pop(rel, None)
+        self._save()
+
+    def record_unpacked(self, rel: str, size: int, outputs: list[Path]) -> None:
+        self.data["unpacked"][rel] = {"size": size, "files": self._sizes(outputs)}
+        self._save()
+
+    def _sizes(self, outputs: list[Path]) -> dict[str, int]:
+        return {p.relative_to(self.dest).as_posix(): p.stat().st_size for p in outputs}
+
+    def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
@@ -673,91 +706,17 @@ class _Interrupted(Exception):
     pass
 
 
-def _safe_member_path(name: str) -> PurePosixPath | str:
-    """The relative path of a zip entry or file name, or the reason it is unsafe."""
-    normalized = name.replace("\\", "/")
-    if "\x00" in name:
-        return "contains a NUL byte"
-    if normalized.startswith("/") or re.match(r"^[A-Za-z]:", normalized):
-        return "is an absolute path"
-    parts = [p for p in normalized.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        return "escapes the target directory ('..')"
-    if parts and parts[0] == _STATE_DIR:
-        return f"uses the reserved directory {_STATE_DIR}"
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
-def _check_member(
-    info: zipfile.ZipInfo, target: Path, target_resolved: Path
-) -> PurePosixPath | str:
-    """The entry's relative path, or why extracting it under ``target`` is refused."""
-    rel = _safe_member_path(info.filename)
-    if isinstance(rel, str):
-        return rel
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return "is a symbolic link"
-    if str(rel) == ".":
-        return rel
-    final = target / rel
-    # A symlink already in the target dir could still lead outside it.
-    if not final.resolve().is_relative_to(target_resolved):
-        return "resolves outside the target directory"
-    if not info.is_dir() and final.is_dir():
-        return f"would replace the directory {final}"
-    for parent in rel.parents:
-        if str(parent) != "." and (target / parent).is_file():
-            return f"needs a directory where the file {target / parent} is"
-    return rel
-
-
-def _safe_extract(archive: Path, label: str, target: Path, staging_root: Path) -> list[Path]:
-    """Extract every regular entry of ``archive`` (called ``label``) under ``target``.
-
-    All or nothing: every entry is checked before anything is written, extraction goes to a
-    staging dir, and files are moved into place only once the whole archive has been read.
-    """
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise KaggleError(f"{label} is not a valid zip archive") from None
-    with zf:
-        members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        target_resolved = target.resolve()
-        for info in zf.infolist():
-            rel = _check_member(info, target, target_resolved)
-            if isinstance(rel, str):
-                raise KaggleError(
-                    f"refusing to extract {label}: entry {info.filename!r} {rel}; "
-                    "nothing was extracted"
-                )
-            if not info.is_dir() and str(rel) != ".":
-                members.append((info, rel))
-        staging = Path(tempfile.mkdtemp(prefix="extract-", dir=staging_root))
-        try:
-            for info, rel in members:
-                out = staging / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, out.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-            outputs = []
-            for _, rel in members:
-                final = target / rel
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / rel, final)
-                outputs.append(final)
-            return outputs
-        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
-            raise KaggleError(f"{label} is corrupt ({exc}); nothing was extracted") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _stream_body(response: Any, part: Path, offset: int) -> None:
+def _stream_body(
+    response: Any, part: Path, offset: int, remote: _Remote, progress: bool | None
+) -> None:
     mode = "ab" if offset else "wb"
-    with part.open(mode) as fh:
+    with (
+        part.open(mode) as fh,
+        progress_bar(remote.size, f"downloading {remote.served_name}", progress, offset) as advance,
+    ):
         for chunk in response.iter_content(_CHUNK):
             fh.write(chunk)
+            advance(len(chunk))
 
 
 def _range_get(remote: _Remote, offset: int) -> tuple[Any, int]:
@@ -784,7 +743,7 @@ def _sidecar(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
-def _fetch(response: Any, remote: _Remote, part: Path, force: bool) -> None:
+def _fetch(response: Any, remote: _Remote, part: Path, force: bool, progress: bool | None) -> None:
     """Stream the blob into ``part``, reusing a partial (or complete) file of the same object.
 
     ``part`` plus its sidecar stay on disk until the caller has put the content in place, so an
@@ -820,7 +779,7 @@ def _fetch(response: Any, remote: _Remote, part: Path, force: bool) -> None:
         try:
             if body is None:
                 body, offset = _range_get(remote, offset)
-            _stream_body(body, part, offset)
+            _stream_body(body, part, offset, remote, progress)
             written = part.stat().st_size
             if remote.size is not None and not remote.encoded and written != remote.size:
                 raise _Interrupted(f"got {written} of {remote.size} bytes")
@@ -845,9 +804,24 @@ def _fetch(response: Any, remote: _Remote, part: Path, force: bool) -> None:
             body = None
 
 
-def _download_one(
-    session: _Session, slug: str, dest: Path, name: str | None, force: bool, manifest: _Manifest
-) -> list[Path]:
+@dataclass(frozen=True)
+class _Job:
+    """One ``download`` call's settings, shared by its steps."""
+
+    session: _Session
+    slug: str
+    dest: Path
+    manifest: _Manifest
+    force: bool
+    unpack: UnpackRules
+    progress: bool | None
+
+    @property
+    def state(self) -> Path:
+        return self.dest / _STATE_DIR
+
+
+def _download_one(job: _Job, name: str | None) -> list[Path]:
     """Download the whole archive (``name`` None) or one file, then unzip / move into place."""
     from kagglesdk.competitions.types.competition_api_service import (
         ApiDownloadDataFileRequest,
@@ -855,61 +829,91 @@ def _download_one(
     )
 
     key = "*" if name is None else f"file:{name}"
-    state = dest / _STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    with _competitions(session) as competitions:
+    job.state.mkdir(parents=True, exist_ok=True)
+    with _competitions(job.session) as competitions:
         if name is None:
             request = ApiDownloadDataFilesRequest()
-            request.competition_name = slug
+            request.competition_name = job.slug
             response = competitions.download_data_files(request)  # 302 -> the blob, streamed
         else:
             request = ApiDownloadDataFileRequest()
-            request.competition_name = slug
+            request.competition_name = job.slug
             request.file_name = name
             response = competitions.download_data_file(request)
         remote = _Remote.of(response)
-        outputs = None if force else manifest.complete_outputs(key, remote)
+        outputs = None if job.force else job.manifest.complete_outputs(key, remote)
         if outputs is not None:
             response.close()
-            log.info("%s: %s already complete, skipping", slug, name or "all files")
+            log.info("%s: %s already complete, skipping", job.slug, name or "all files")
             return outputs
-        served = remote.served_name or f"{slug}.zip"
         # One partial file per download key, named after it; the digest keeps names distinct.
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        label = re.sub(r"[^A-Za-z0-9._-]", "_", name or slug)[:80]
-        part = state / f"{label}-{digest}.part"
-        log.info("%s: downloading %s", slug, name or "all files")
-        _fetch(response, remote, part, force)
-
+        label = re.sub(r"[^A-Za-z0-9._-]", "_", name or job.slug)[:80]
+        part = job.state / f"{label}-{digest}.part"
+        log.info("%s: downloading %s", job.slug, name or "all files")
+        _fetch(response, remote, part, job.force, job.progress)
     try:
-        if name is None:
-            outputs = _safe_extract(part, served, dest, state)
-        else:
-            rel = _safe_member_path(name)
-            assert isinstance(rel, PurePosixPath)  # checked by download()
-            # Kaggle serves large single files zipped as "<name>.zip": unwrap those.
-            if served.endswith(".zip") and not rel.name.endswith(".zip"):
-                outputs = _safe_extract(part, served, dest / rel.parent, state)
-            else:
-                final = dest / rel
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(part, final)
-                outputs = [final]
-    except KaggleError:
+        outputs = _put_in_place(job, part, remote.served_name or f"{job.slug}.zip", name)
+    except ArchiveError as exc:
         # Unsafe or corrupt content: keeping it would only hand the same bytes back.
         part.unlink(missing_ok=True)
         _sidecar(part).unlink(missing_ok=True)
-        raise
+        raise KaggleError(str(exc)) from None
     part.unlink(missing_ok=True)
     _sidecar(part).unlink(missing_ok=True)
-    manifest.record(key, remote, outputs)
+    job.manifest.record(key, remote, outputs)
     return outputs
+
+
+def _put_in_place(job: _Job, part: Path, served: str, name: str | None) -> list[Path]:
+    """Extract the competition archive into ``dest``, or move one downloaded file there."""
+    options = {"label": served, "work_dir": job.state, "progress": job.progress}
+    if name is None:
+        return extract_archive(part, job.dest, reserved=(_STATE_DIR,), **options)
+    rel = safe_relative(name)
+    assert isinstance(rel, PurePosixPath)  # checked by download()
+    # Kaggle serves large single files zipped as "<name>.zip": unwrap those.
+    if served.endswith(".zip") and not rel.name.endswith(".zip"):
+        return extract_archive(part, job.dest / rel.parent, reserved=(_STATE_DIR,), **options)
+    final = job.dest / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, final)
+    return [final]
+
+
+def _unpack_members(job: _Job, outputs: list[Path]) -> list[Path]:
+    """Unpack every archive among ``outputs`` (and the archives inside those) as the rules say,
+    each all or nothing and recorded in the manifest; returns the files now in place. A member
+    archive is deleted once its extraction is verified, unless the rules keep archives."""
+    final: list[Path] = []
+    queue = list(outputs)
+    while queue:
+        path = queue.pop(0)
+        rel = path.relative_to(job.dest).as_posix()
+        into = job.unpack.target(rel)
+        if into is False or not path.is_file():
+            final.append(path)
+            continue
+        done = None if job.force else job.manifest.unpacked_outputs(rel)
+        if done is None:
+            log.info("%s: unpacking %s", job.slug, rel)
+            folder = None if into is True else job.dest / into
+            options = {"label": rel, "work_dir": job.state, "progress": job.progress}
+            try:
+                done = unpack(path, folder, **options)
+            except ArchiveError as exc:
+                raise KaggleError(f"{exc} (the rest of the download is in place)") from None
+            job.manifest.record_unpacked(rel, path.stat().st_size, done)
+        if not job.unpack.keep_archives:
+            path.unlink()
+        queue.extend(done)
+    return final
 
 
 def _check_file_names(files: list[str]) -> list[str]:
     names = list(dict.fromkeys(files))  # keep order, drop duplicates
     for name in names:
-        rel = _safe_member_path(name or "")
+        rel = safe_relative(name or "", reserved=(_STATE_DIR,))
         if isinstance(rel, str):
             raise KaggleError(f"invalid file name {name!r}: it {rel}")
         if str(rel) == ".":
@@ -923,14 +927,23 @@ def _download_keys(files: list[str] | None) -> list[str | None]:
 
 
 def download(
-    slug: str, dest: Path, files: list[str] | None = None, force: bool = False
+    slug: str,
+    dest: Path,
+    files: list[str] | None = None,
+    force: bool = False,
+    unpack: UnpackRules | None = None,
+    progress: bool | None = None,
 ) -> list[Path]:
-    """Download the competition data (all files, or ``files``) into ``dest``, unzipped.
+    """Download the competition data (all files, or ``files``) into ``dest``, unpacked.
 
-    Idempotent: what a manifest in ``dest/.podium-kaggle`` records as complete (same remote
-    size and ETag/Last-Modified, same local sizes) is skipped; ``force`` re-downloads. Bytes go
-    to a ``.part`` file that is renamed only once its size checks out; an interrupted download
-    is resumed by the next call. Returns the paths of the files now in place.
+    The competition archive is extracted, then every archive it holds (``train.zip``,
+    ``train_masks.csv.zip``...) is unpacked as ``unpack`` says (default: ``NAME.zip`` into
+    ``NAME/``, ``X.csv.zip`` to ``X.csv``, archives deleted once verified; see
+    :mod:`podium.archives`). Idempotent: what a manifest in ``dest/.podium-kaggle`` records as
+    complete (same remote size and ETag/Last-Modified, same local sizes, unpacked archives) is
+    skipped; ``force`` redoes it all. Bytes go to a ``.part`` file that is renamed only once its
+    size checks out; an interrupted download is resumed by the next call. ``progress`` shows
+    bars on stderr (None: when it is a terminal). Returns the paths of the files now in place.
     """
     from filelock import FileLock, Timeout
 
@@ -947,13 +960,14 @@ def download(
         log.warning("waiting for another podium download into %s", dest)
         lock.acquire()
     try:
-        manifest = _Manifest(dest)
+        job = _Job(session, slug, dest, _Manifest(dest), force, unpack or UnpackRules(), progress)
         outputs: list[Path] = []
         for name in names:
             action = f"downloading {name}" if name else "downloading the data"
             with _kaggle_errors(action, slug, session.creds):
-                outputs.extend(_download_one(session, slug, dest, name, force, manifest))
-        return outputs
+                outputs.extend(_download_one(job, name))
+        with _kaggle_errors("unpacking the data", slug, session.creds):
+            return _unpack_members(job, outputs)
     finally:
         lock.release()
 
