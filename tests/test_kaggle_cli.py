@@ -3,8 +3,7 @@ command in a subprocess, the real kaggle client, a fake Kaggle server on loopbac
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+import kaggle_layouts
 import pytest
 from conftest import ROOT, run_podium
 from kaggle_fake import FakeCompetition, FakeKaggle
@@ -15,28 +14,9 @@ SLUG = "tgs-salt-identification-challenge"
 KEY = "podium-cli-secret-key-5f1b"
 
 
-def png(seed: int, mask: bool = False) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = (
-        (rng.random((101, 101)) > 0.5).astype(np.uint8) * 255
-        if mask
-        else rng.integers(0, 255, (101, 101), dtype=np.uint8)
-    )
-    return cv2.imencode(".png", image)[1].tobytes()
-
-
 def tgs_files() -> dict[str, bytes]:
-    train_ids, test_ids = [f"tr{i}" for i in range(6)], [f"te{i}" for i in range(3)]
-    files = {f"train/images/{i}.png": png(n) for n, i in enumerate(train_ids)}
-    files |= {f"test/images/{i}.png": png(100 + n) for n, i in enumerate(test_ids)}
-    files["train.csv"] = ("id,rle_mask\n" + "".join(f"{i},1 20\n" for i in train_ids)).encode()
-    files["depths.csv"] = (
-        "id,z\n" + "".join(f"{i},{500 + n}\n" for n, i in enumerate(train_ids + test_ids))
-    ).encode()
-    files["sample_submission.csv"] = (
-        "id,rle_mask\n" + "".join(f"{i},1 1\n" for i in test_ids)
-    ).encode()
-    return files
+    """TGS Salt as Kaggle serves it: train.zip and test.zip inside the competition archive."""
+    return kaggle_layouts.tgs_salt([f"tr{i}" for i in range(6)], [f"te{i}" for i in range(3)])
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+import podium
 from podium import Competition, PodiumError, Sample
 
 
@@ -41,9 +41,7 @@ class ImageFolder(Competition):
         return [Sample(p.stem, p) for p in self._images(self.data_dir / str(self.options.test_dir))]
 
     def read_mask(self, sample: Sample, shape: tuple[int, int]) -> np.ndarray:
-        grey = cv2.imread(str(sample.mask), cv2.IMREAD_GRAYSCALE)
-        if grey is None:
-            raise PodiumError(f"{sample.mask}: cannot read mask")
+        grey = podium.read_gray(sample.mask)
         if grey.shape != tuple(shape):
             raise PodiumError(f"{sample.mask}: mask is {grey.shape[::-1]}, image is {shape[::-1]}")
         return (grey > int(self.options.mask_threshold)).astype(np.uint8)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
@@ -65,9 +64,7 @@ class RoboticInstruments(Competition):
     def read_mask(self, sample: Sample, shape: tuple[int, int]) -> np.ndarray:
         mask = None
         for path in sample.mask or []:
-            label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            if label is None:
-                raise PodiumError(f"{path}: cannot read label image")
+            label = podium.read_gray(path)
             if mask is None:
                 mask = np.zeros(label.shape, np.uint8)
             other = "Other" in path.parent.name

@@ -5,7 +5,14 @@ exports; everything else is reached through the `podium` command.
 """
 
 from podium.competition import Competition, Sample, SubmissionFormat, load_competition
-from podium.io import PodiumError, atomic_write, read_csv_rows, read_image, read_mask_png
+from podium.io import (
+    PodiumError,
+    atomic_write,
+    read_csv_rows,
+    read_gray,
+    read_image,
+    read_mask_png,
+)
 from podium.metrics import dice, iou, tgs_map
 from podium.rle import RleError, rle_decode, rle_encode
 
@@ -20,6 +27,7 @@ __all__ = [
     "RleError",
     "atomic_write",
     "read_csv_rows",
+    "read_gray",
     "read_image",
     "read_mask_png",
     "rle_encode",

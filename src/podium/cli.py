@@ -30,7 +30,7 @@ log = logging.getLogger("podium")
 
 # command -> (config name, "module:function", produces a run directory, one-line help)
 COMMANDS: dict[str, tuple[str, str, bool, str]] = {
-    "download": ("tools", "podium.cli:download", False, "get a competition's data"),
+    "download": ("tools", "podium.download:download_command", False, "get a competition's data"),
     "train": ("train", "podium.train:main", True, "train one model (a fold, a seed)"),
     "tune": ("tune", "podium.infer:tune", True, "tune post-processing on out-of-fold predictions"),
     "predict": ("predict", "podium.infer:predict", True, "ensemble runs on the test set"),
@@ -163,36 +163,6 @@ def prepare_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path
 
 
 # -- commands that join several stages ------------------------------------------------------
-def download(cfg: DictConfig) -> int:
-    """Kaggle competitions download through the Kaggle module; local ones run their adapter's
-    prepare() (the demo generates its data). Both skip work that is already complete."""
-    from podium import io
-    from podium.competition import load_competition
-
-    competition = load_competition(cfg)
-    if cfg.competition.kaggle:
-        from podium import kaggle
-
-        kaggle.preflight()
-        files = list(cfg.files) if cfg.files else None
-        paths = kaggle.download(cfg.competition.kaggle, competition.data_dir, files, cfg.force)
-        log.info("%s: %d files in %s", cfg.competition.kaggle, len(paths), competition.data_dir)
-        return 0
-    # The marker records the options the data was made with: other options make it again.
-    marker = competition.data_dir / ".podium-prepared"
-    options = OmegaConf.to_container(cfg.competition.options, resolve=True)
-    made_with = {"competition": competition.name, "options": options}
-    if marker.is_file() and io.read_json(marker) == made_with and not cfg.force:
-        where = competition.data_dir
-        log.info("%s: already prepared in %s (force=true to redo)", competition.name, where)
-        return 0
-    (competition.data_dir / "folds.csv").unlink(missing_ok=True)  # folds of the old data
-    competition.prepare()
-    io.write_json(marker, made_with)
-    log.info("%s: prepared in %s", competition.name, competition.data_dir)
-    return 0
-
-
 def submit(cfg: DictConfig) -> int:
     """Validate the file locally (a malformed file never costs a submission), submit it through
     the Kaggle client, and record it in the ledger (with the runs behind it and the score)."""

@@ -57,6 +57,13 @@ COMPETITION_DEFAULTS = {
         "empty": "",
         "row_id": "{id}",
     },
+    # How `podium download` unpacks the archives inside the competition archive.
+    "download": {
+        # archive path in the data folder (a glob) -> folder to unpack into, false to leave it
+        # packed, true for the default (NAME.zip -> NAME/, X.csv.zip -> X.csv)
+        "unpack": {},
+        "keep_archives": False,  # keep member archives after their verified extraction
+    },
     "options": {},  # adapter-specific settings
 }
 
@@ -102,10 +109,13 @@ def load_competition_yaml(config_file: Path) -> DictConfig:
     for key in own:
         if key not in base:
             raise ConfigError(f"{config_file}: unknown key '{key}' (known: {', '.join(base)})")
-    for key in own.get("submission", {}) or {}:
-        if key not in base.submission:
-            raise ConfigError(f"{config_file}: unknown key 'submission.{key}'")
+    for section in ("submission", "download"):
+        for key in own.get(section, {}) or {}:
+            if key not in base[section]:
+                raise ConfigError(f"{config_file}: unknown key '{section}.{key}'")
     merged = OmegaConf.merge(base, own)
+    # Open mappings: their keys are file names and patterns, not settings to misspell.
+    OmegaConf.set_struct(merged.download.unpack, False)
     merged.name = config_file.parent.name
     merged.dir = str(config_file.parent.resolve())
     if merged.task not in ("binary", "multiclass", "multilabel"):

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from podium import io
+from podium import archives, io
 from podium.competition import Competition, Sample
 from podium.io import PodiumError
 
@@ -34,6 +34,7 @@ __all__ = [
     "split_samples",
     "pad_collate",
     "resolve_num_workers",
+    "check_layout",
 ]
 
 
@@ -263,3 +264,94 @@ def split_samples(samples: Sequence[Sample], folds: dict[str, int], fold: int):
             f"fold={fold}: no samples in that fold (folds are 0..{max(folds.values())})"
         )
     return train, val
+
+
+# -- layout check -----------------------------------------------------------------------------
+def check_layout(competition: Competition, decode: int = 3) -> str:
+    """Check that the data folder holds what the adapter lists — every image and mask file
+    exists, and the first `decode` train images, masks and test images decode — and return one
+    line such as "tgs-salt-identification-challenge: 4000 train images (1562 empty masks),
+    18000 test images, ready". Anything wrong is a PodiumError naming the file and the fix."""
+    competition.require_data()
+    train = _listed(competition, "train")
+    test = _listed(competition, "test")
+    if not train:
+        raise PodiumError(
+            f"{competition.name}: the adapter lists no training images in "
+            f"{competition.data_dir}; {_refetch_hint(competition, None)}"
+        )
+    for kind, sample, path in _referenced_files(train, test):
+        if not path.is_file():
+            missing = sum(1 for *_, p in _referenced_files(train, test) if not p.is_file())
+            more = f" (and {missing - 1} more)" if missing > 1 else ""
+            raise PodiumError(
+                f"{competition.name}: {kind} of sample {sample.id} is missing: {path}{more}; "
+                f"{_refetch_hint(competition, path)}"
+            )
+    for sample in train[:decode]:
+        image = competition.read_image(sample)
+        competition.read_mask(sample, image.shape[:2])
+    for sample in test[:decode]:
+        competition.read_image(sample)
+    masks = _mask_summary(competition, train)
+    return (
+        f"{competition.name}: {len(train)} train images ({masks}), {len(test)} test images, ready"
+    )
+
+
+def _listed(competition: Competition, split: str) -> list[Sample]:
+    try:
+        return competition.train_samples() if split == "train" else competition.test_samples()
+    except PodiumError as e:
+        raise PodiumError(
+            f"{competition.name}: cannot list the {split} samples ({e}); "
+            f"{_refetch_hint(competition, None)}"
+        ) from None
+
+
+def _mask_files(sample: Sample) -> list[Path]:
+    sources = sample.mask if isinstance(sample.mask, (list, tuple)) else [sample.mask]
+    return [s for s in sources if isinstance(s, Path)]
+
+
+def _referenced_files(train: list[Sample], test: list[Sample]):
+    """(what, sample, path) of every file the samples reference."""
+    for sample in train:
+        yield "train image", sample, Path(sample.image)
+        for mask in _mask_files(sample):
+            yield "mask", sample, mask
+    for sample in test:
+        yield "test image", sample, Path(sample.image)
+
+
+def _mask_summary(competition: Competition, train: list[Sample]) -> str:
+    """ "1562 empty masks" when masks are encoded strings (cheap to tell), else "5088 mask
+    files" (telling empty ones apart would mean decoding every file)."""
+    files = sum(len(_mask_files(s)) for s in train)
+    if files:
+        return f"{files} mask files"
+
+    def empty(source) -> bool:
+        if isinstance(source, (list, tuple)):
+            return all(empty(s) for s in source)
+        return source is None or (
+            isinstance(source, str) and competition.submission.is_empty(source)
+        )
+
+    return f"{sum(empty(s.mask) for s in train)} empty masks"
+
+
+def _refetch_hint(competition: Competition, missing: Path | None) -> str:
+    """What to do about a missing file: name the archive it is still packed in, if any, else
+    say how to get the data again."""
+    data_dir = competition.data_dir
+    if missing is not None and missing.is_relative_to(data_dir):
+        top = missing.relative_to(data_dir).parts[0]
+        for archive in sorted(data_dir.glob(f"{top}.*")):
+            if archives.is_archive(archive):
+                return (
+                    f"{archive.name} is still packed: unpack it, or let `podium download` do it "
+                    f"(competition.yaml download.unpack)"
+                )
+    redo = "download it again" if competition.cfg.get("kaggle") else "make it again"
+    return f"run `podium download competition={competition.name} force=true` to {redo}"

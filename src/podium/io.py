@@ -21,6 +21,8 @@ import numpy as np
 
 # Decoding threads fight with DataLoader workers and the training step on small machines.
 cv2.setNumThreads(0)
+# podium reports unreadable files itself, in one line naming the file.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 _UMASK = os.umask(0)
@@ -29,6 +31,16 @@ os.umask(_UMASK)
 
 class PodiumError(Exception):
     """An error with a one-line, user-facing message (the CLI prints it and exits non-zero)."""
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        # torch's DataLoader re-raises a worker's error in the main process as
+        # `type(error)("Caught ... in DataLoader worker process N.\nOriginal Traceback ...")`;
+        # the traceback's last line, "module.PodiumError: <message>", holds the message.
+        if "\nOriginal Traceback" in text:
+            last = text.rstrip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(text)
 
 
 @contextlib.contextmanager
@@ -68,28 +80,41 @@ def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> 
         writer.writerows(rows)
 
 
+def _decode(path: str | os.PathLike, flags: int, what: str) -> np.ndarray:
+    """Decode an image file with OpenCV, or raise a PodiumError naming it. The bytes are read
+    here, so OpenCV never prints its own "can't open/read file" warning."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise PodiumError(f"{path}: cannot read {what} (file missing)") from None
+    except OSError as e:
+        raise PodiumError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    image = cv2.imdecode(data, flags) if data.size else None
+    if image is None:
+        raise PodiumError(f"{path}: cannot read {what} (not a valid image file)")
+    return image
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as HxWx3 uint8 RGB; a missing or undecodable file is a PodiumError."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise PodiumError(f"{path}: cannot read image (missing or not a valid image file)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
 
 
 def read_mask_png(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel binary mask stored as {0,1} or {0,255}; returns HxW uint8 in {0,1}."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
+    if Path(path).suffix.lower() == ".gif":
         # OpenCV cannot read GIF (Carvana's masks); Pillow can.
         try:
             from PIL import Image
 
             with Image.open(path) as im:
                 mask = np.asarray(im.convert("L"))
+        except FileNotFoundError:
+            raise PodiumError(f"{path}: cannot read mask (file missing)") from None
         except (OSError, ValueError):
-            raise PodiumError(
-                f"{path}: cannot read mask (missing or not a valid image file)"
-            ) from None
+            raise PodiumError(f"{path}: cannot read mask (not a valid image file)") from None
+    else:
+        mask = _decode(path, cv2.IMREAD_UNCHANGED, "mask")
     if mask.ndim == 3:
         if not (mask[..., :1] == mask[..., :3]).all():
             raise PodiumError(f"{path}: mask has colour channels that differ; expected a grey mask")
@@ -112,11 +137,14 @@ def binarize_mask(mask: np.ndarray, source: object) -> np.ndarray:
     raise PodiumError(f"{source}: mask is not binary (values {shown}...); expected 0/1 or 0/255")
 
 
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """Read any image as HxW uint8 grey (colour images are converted)."""
+    return _decode(path, cv2.IMREAD_GRAYSCALE, "image")
+
+
 def read_image_gray(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel label image (e.g. class ids) unchanged, as HxW."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise PodiumError(f"{path}: cannot read label image (missing or not a valid image file)")
+    image = _decode(path, cv2.IMREAD_UNCHANGED, "label image")
     return image if image.ndim == 2 else image[..., 0]
 
 
