@@ -252,3 +252,11 @@ def test_not_an_archive_is_one_line(tmp_path: Path) -> None:
     fake.write_bytes(b"<html>Kaggle login page</html>")
     with pytest.raises(ArchiveError, match=r"train.zip is not a readable \.zip archive"):
         unpack(fake, progress=False)
+
+
+def test_progress_bar_on_request(tmp_path: Path, capsys) -> None:
+    archive = make("zip", tmp_path, FILES)
+    extract_archive(archive, tmp_path / "quiet", progress=False)
+    assert capsys.readouterr().err == ""
+    extract_archive(archive, tmp_path / "shown", progress=True)
+    assert "unpacking x.zip" in capsys.readouterr().err

@@ -106,6 +106,8 @@ def test_carvana_download_then_train(world: FakeKaggle, tmp_path: Path, masks: s
         "metadata.csv", "sample_submission.csv",
     }  # fmt: skip
     assert len(list((data / "train_masks").glob("*_mask.gif"))) == 12
+    again = podium(tmp_path, "download", f"competition={CARVANA}", *CARVANA_OPTIONS)
+    assert "already complete, skipping" in again.stderr and "unpacking" not in again.stderr
     train_one_epoch(tmp_path, CARVANA, *CARVANA_OPTIONS, f"competition.options.masks={masks}")
 
 
@@ -119,6 +121,8 @@ def test_ultrasound_nerve_download_then_train(world: FakeKaggle, tmp_path: Path)
     assert (data / "train_masks.csv").is_file() and (data / "sample_submission.csv").is_file()
     assert len(list((data / "train").glob("*_mask.tif"))) == 12
     assert not list(data.glob("*.zip"))
+    again = podium(tmp_path, "download", f"competition={NERVE}", *NERVE_OPTIONS)
+    assert "already complete, skipping" in again.stderr and "unpacking" not in again.stderr
     train_one_epoch(tmp_path, NERVE, *NERVE_OPTIONS)
 
 
