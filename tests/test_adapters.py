@@ -19,7 +19,7 @@ from podium.config import compose_config
 from podium.data import make_folds
 from podium.io import PodiumError
 from podium.rle import rle_encode
-from podium.submit import (
+from podium.submission import (
     check_adapter,
     score_command,
     score_submission,

@@ -20,7 +20,7 @@ from podium.data import SegmentationDataset, make_loader
 from podium.infer import PostProcess, remove_small_components, tune_postprocess
 from podium.io import PodiumError
 from podium.metrics import dice
-from podium.submit import write_submission
+from podium.submission import write_submission
 from podium.train import write_oof
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from podium.io import PodiumError
 from podium.metrics import METRICS, dice, endovis_dice, endovis_iou, get_metric, iou, tgs_map
 
 
@@ -95,5 +96,5 @@ def test_multilabel_is_the_mean_over_channels():
 def test_registry():
     assert {"dice", "iou", "tgs_map", "endovis_iou", "endovis_dice"} <= set(METRICS)
     assert get_metric("endovis_iou") is endovis_iou
-    with pytest.raises(KeyError, match="unknown metric"):
+    with pytest.raises(PodiumError, match="unknown metric 'f2'"):
         get_metric("f2")

@@ -21,7 +21,7 @@ from podium.config import ConfigError, compose_config
 from podium.io import PodiumError
 from podium.rle import rle_encode
 from podium.scaffold import create_competition, infer_submission_format, new_command
-from podium.submit import check_adapter, score_submission, validate_submission, write_submission
+from podium.submission import check_adapter, score_submission, validate_submission, write_submission
 
 
 @pytest.fixture

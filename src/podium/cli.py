@@ -34,8 +34,8 @@ COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "train": ("train", "podium.train:main", True, "train one model (a fold, a seed)"),
     "tune": ("tune", "podium.infer:tune", True, "tune post-processing on out-of-fold predictions"),
     "predict": ("predict", "podium.infer:predict", True, "ensemble runs on the test set"),
-    "validate": ("tools", "podium.submit:validate_command", False, "check a submission file"),
-    "score": ("tools", "podium.submit:score_command", False, "score a submission locally"),
+    "validate": ("tools", "podium.submission:validate_command", False, "check a submission file"),
+    "score": ("tools", "podium.submission:score_command", False, "score a submission locally"),
     "submit": ("tools", "podium.cli:submit", False, "validate, then submit to Kaggle"),
     "submissions": ("tools", "podium.cli:submissions", False, "your Kaggle submissions"),
     "leaderboard": ("tools", "podium.cli:leaderboard", False, "the Kaggle leaderboard"),
@@ -168,7 +168,7 @@ def submit(cfg: DictConfig) -> int:
     the Kaggle client, and record it in the ledger (with the runs behind it and the score)."""
     from podium import kaggle, ledger
     from podium.competition import load_competition
-    from podium.submit import validate_submission
+    from podium.submission import validate_submission
 
     slug = _kaggle_slug(cfg)
     if not cfg.file:

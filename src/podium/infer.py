@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from podium import io, ledger, submit
+from podium import io, ledger, submission
 from podium.competition import Competition, Sample, load_competition
 from podium.data import (
     SegmentationDataset,
@@ -603,7 +603,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
         cfg.tile_size, float(cfg.tile_overlap), int(cfg.batch_size),
     )  # fmt: skip
     path = run_dir / "submission.csv"
-    n_rows = submit.write_submission(path, rows, competition.submission)
+    n_rows = submission.write_submission(path, rows, competition.submission)
     seconds = time.time() - t_predict  # model loading and validation excluded
     _validate(competition, path)
     score = _local_score(competition, path)
@@ -652,7 +652,7 @@ def _load_ensemble(cfg, runs, task, views, device, precision) -> Ensemble:
 
 
 def _validate(competition: Competition, path: Path) -> None:
-    problems = submit.validate_submission(competition, path)
+    problems = submission.validate_submission(competition, path)
     if problems:
         rejected = path.with_name(path.name + ".invalid")
         path.replace(rejected)  # an invalid file must not look like a finished submission
@@ -665,7 +665,7 @@ def _local_score(competition: Competition, path: Path) -> float | None:
     solution = competition.solution_path()
     if solution is None or not Path(solution).is_file():
         return None
-    return float(submit.score_submission(competition, path, solution))
+    return float(submission.score_submission(competition, path, solution))
 
 
 def tune(cfg: DictConfig, run_dir: Path) -> float:

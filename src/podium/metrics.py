@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from podium.io import PodiumError
+
 __all__ = ["dice", "iou", "tgs_map", "endovis_iou", "endovis_dice", "get_metric", "METRICS"]
 
 
@@ -114,5 +116,5 @@ METRICS: dict[str, Callable[..., float]] = {
 
 def get_metric(name: str) -> Callable[..., float]:
     if name not in METRICS:
-        raise KeyError(f"unknown metric '{name}'; known: {', '.join(METRICS)}")
+        raise PodiumError(f"unknown metric '{name}' (known: {', '.join(METRICS)})")
     return METRICS[name]

@@ -316,7 +316,7 @@ def score_details(
     """`score_submission` with the image count and the `extra` metrics (names in METRICS)."""
     path, solution_path = Path(path), Path(solution_path)
     fmt = competition.submission
-    extra_fns = {name: _metric(name) for name in extra}
+    extra_fns = {name: metrics.get_metric(name) for name in extra}
     header, truth = _read_reference(solution_path, fmt)
     sample_path = competition.sample_submission_path()
     expected_header = (
@@ -379,12 +379,6 @@ def _records_header(path: Path) -> list[str]:
     if first is None:
         raise PodiumError(f"{path}: the file is empty")
     return first[1]
-
-
-def _metric(name: str):
-    if name not in metrics.METRICS:
-        raise PodiumError(f"unknown metric '{name}' (known: {', '.join(metrics.METRICS)})")
-    return metrics.METRICS[name]
 
 
 # -- adapter self-check -----------------------------------------------------------------------

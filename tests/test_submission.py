@@ -13,7 +13,7 @@ from conftest import TINY_DEMO, run_podium
 from test_adapters import make_competition
 
 from podium.io import PodiumError, read_csv_rows
-from podium.submit import score_submission, validate_submission, write_submission
+from podium.submission import score_submission, validate_submission, write_submission
 
 HEADER = "id,rle_mask\n"
 VALID = HEADER + "a,1 3\nb,\nc,2 2 7 3\n"
