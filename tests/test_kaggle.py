@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from podium import kaggle as pk
-from podium.kaggle import KaggleError
+from podium.kaggle import KaggleError, downloader
 
 try:
     from kaggle_fake import FakeCompetition, FakeKaggle, fake_kaggle, kaggle_home, make_zip
@@ -258,7 +258,7 @@ def test_rules_not_accepted_names_the_rules_url(fake_kaggle: FakeKaggle, tmp_pat
 def test_interrupted_download_is_never_taken_as_complete(
     fake_kaggle: FakeKaggle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pk, "RESUME_DELAYS_S", ())  # no in-call retry: fail at once
+    monkeypatch.setattr(downloader, "RESUME_DELAYS_S", ())  # no in-call retry: fail at once
     dest = tmp_path / "data"
     files = fake_kaggle.competitions["demo-seg"].files
     files["big.bin"] = random.Random(0).randbytes(1_500_000)  # larger than a read chunk
@@ -284,7 +284,7 @@ def test_interrupted_download_is_never_taken_as_complete(
 def test_interrupted_download_resumes_within_the_call(
     fake_kaggle: FakeKaggle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pk, "RESUME_DELAYS_S", (0.0,))
+    monkeypatch.setattr(downloader, "RESUME_DELAYS_S", (0.0,))
     big = random.Random(1).randbytes(1_500_000)
     fake_kaggle.competitions["demo-seg"].files["big.bin"] = big
     fake_kaggle.truncate_blob_gets = 1

@@ -36,9 +36,9 @@ COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "predict": ("predict", "podium.infer:predict", True, "ensemble runs on the test set"),
     "validate": ("tools", "podium.submission:validate_command", False, "check a submission file"),
     "score": ("tools", "podium.submission:score_command", False, "score a submission locally"),
-    "submit": ("tools", "podium.cli:submit", False, "validate, then submit to Kaggle"),
-    "submissions": ("tools", "podium.cli:submissions", False, "your Kaggle submissions"),
-    "leaderboard": ("tools", "podium.cli:leaderboard", False, "the Kaggle leaderboard"),
+    "submit": ("tools", "podium.kaggle:submit_command", False, "validate, then submit to Kaggle"),
+    "submissions": ("tools", "podium.kaggle:submissions_command", False, "your Kaggle submissions"),
+    "leaderboard": ("tools", "podium.kaggle:leaderboard_command", False, "the Kaggle leaderboard"),
     "runs": ("tools", "podium.report:runs_command", False, "the ledger: CV by experiment"),
     "writeup": ("tools", "podium.report:writeup_command", False, "draft a write-up"),
 }
@@ -160,87 +160,6 @@ def prepare_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path
         OmegaConf.set_struct(cfg, False)
         cfg.experiment_name = name or "baseline"
     return cfg
-
-
-# -- commands that join several stages ------------------------------------------------------
-def submit(cfg: DictConfig) -> int:
-    """Validate the file locally (a malformed file never costs a submission), submit it through
-    the Kaggle client, and record it in the ledger (with the runs behind it and the score)."""
-    from podium import kaggle, ledger
-    from podium.competition import load_competition
-    from podium.submission import validate_submission
-
-    slug = _kaggle_slug(cfg)
-    if not cfg.file:
-        raise ConfigError("submit needs file=PATH (the submission CSV)")
-    path = Path(cfg.file).resolve()
-    if not path.is_file():
-        raise PodiumError(f"file={cfg.file}: no such file")
-    problems = validate_submission(load_competition(cfg), path)
-    if problems:
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        raise PodiumError(f"{path}: not submitted, {len(problems)} problem(s) found (listed above)")
-    kaggle.preflight()
-    result = kaggle.submit(
-        slug, path, cfg.message, wait=bool(cfg.wait), poll_interval=float(cfg.poll_interval)
-    )
-    ledger.record_submission(
-        ledger.ledger_path(cfg.paths.runs_dir, cfg.competition.name),
-        ref=result["ref"],
-        file=str(path),
-        sha256=result["sha256"],
-        message=cfg.message,
-        runs=[str(r) for r in cfg.runs],
-        status=result["status"],
-        public_score=result["public_score"],
-    )
-    score = result["public_score"]
-    print(
-        f"submitted {path.name} to {slug}: ref {result['ref']}, status {result['status']}"
-        + (f", public score {score}" if score is not None else "")
-    )
-    return 0
-
-
-def submissions(cfg: DictConfig) -> int:
-    from podium import kaggle, ledger
-
-    rows = kaggle.submissions(_kaggle_slug(cfg))
-    # Scores arrive after submitting: bring the ledger's submissions up to date.
-    path = ledger.ledger_path(cfg.paths.runs_dir, cfg.competition.name)
-    known = {str(s["ref"]): s for s in ledger.submissions(ledger.read(path))}
-    for row in rows:
-        old = known.get(str(row["ref"]))
-        news = {k: row[k] for k in ("status", "public_score", "private_score")}
-        if old is not None and any(old.get(k) != v for k, v in news.items() if v is not None):
-            ledger.record_submission(path, ref=row["ref"], **news)
-    columns = ["ref", "date", "status", "public_score", "private_score", "description"]
-    print(kaggle.format_table(rows, columns) if rows else "no submissions yet")
-    return 0
-
-
-def leaderboard(cfg: DictConfig) -> int:
-    from podium import kaggle
-
-    rows, own = kaggle.leaderboard(_kaggle_slug(cfg), int(cfg.top))
-    columns = ["rank", "team_name", "score", "submission_date"]
-    print(kaggle.format_table(rows, columns))
-    if own is not None and own not in rows:
-        print("...\n" + kaggle.format_table([own], columns).splitlines()[-1])
-    if own is not None:
-        print(f"your position: {own['rank']}")
-    return 0
-
-
-def _kaggle_slug(cfg: DictConfig) -> str:
-    slug = cfg.competition.kaggle
-    if not slug:
-        raise ConfigError(
-            f"competition {cfg.competition.name} has no Kaggle slug "
-            "(competition.kaggle in its competition.yaml)"
-        )
-    return slug
 
 
 def resolve_target(target: str):
