@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -66,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return new_command(args) or 0
         if command == "demo":
-            from podium.demo import run
-
-            return run(args)
+            return run_demo(args)
         if command not in COMMANDS:
             raise ConfigError(f"unknown command '{command}' (see podium --help)")
         config_name, target, makes_run, _ = COMMANDS[command]
@@ -87,6 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("podium: interrupted", file=sys.stderr)
         return 130
+
+
+def run_demo(args: list[str]) -> int:
+    """Run the demo's planned commands in order; stop at the first that fails."""
+    from podium import demo
+
+    started = time.time()
+    plan = demo.plan(args)
+    for step in plan.steps:
+        print(f"\n$ podium {' '.join(step)}", flush=True)
+        code = main(step)
+        if code:
+            raise PodiumError(f"demo stopped: `podium {step[0]}` exited {code}")
+    print("\n" + demo.summary(plan, time.time() - started))
+    return 0
 
 
 def run_with_hydra(command: str, config_name: str, target: str, args: list[str]) -> int:
