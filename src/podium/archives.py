@@ -99,6 +99,14 @@ class _Reader:
         self.path, self.suffix = path, suffix
 
     def entries(self) -> list[_Entry]:
+        return [_Entry(*self.describe(info), info) for info in self.infos()]
+
+    def infos(self) -> list[Any]:
+        """The format's own entry objects."""
+        raise NotImplementedError
+
+    def describe(self, info: Any) -> tuple[str, int, str]:
+        """(name, size, kind) of one entry object."""
         raise NotImplementedError
 
     def write(
@@ -124,15 +132,13 @@ class _ZipReader(_Reader):
         super().__init__(path, suffix)
         self.zf = zipfile.ZipFile(path)
 
-    def entries(self) -> list[_Entry]:
-        out = []
-        for info in self.zf.infolist():
-            if stat.S_ISLNK(info.external_attr >> 16):
-                kind = "is a symbolic link"
-            else:
-                kind = "dir" if info.is_dir() else "file"
-            out.append(_Entry(info.filename, info.file_size, kind, info))
-        return out
+    def infos(self) -> list[zipfile.ZipInfo]:
+        return self.zf.infolist()
+
+    def describe(self, info: zipfile.ZipInfo) -> tuple[str, int, str]:
+        if stat.S_ISLNK(info.external_attr >> 16):
+            return info.filename, info.file_size, "is a symbolic link"
+        return info.filename, info.file_size, "dir" if info.is_dir() else "file"
 
     def open(self, entry: _Entry) -> IO[bytes]:
         return self.zf.open(entry.handle)  # checks the CRC when the entry is read to its end
@@ -146,19 +152,19 @@ class _TarReader(_Reader):
         super().__init__(path, suffix)
         self.tf = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
 
-    def entries(self) -> list[_Entry]:
-        out = []
-        for member in self.tf.getmembers():
-            if member.isreg():
-                kind = "file"
-            elif member.isdir():
-                kind = "dir"
-            elif member.issym() or member.islnk():
-                kind = "is a link"
-            else:
-                kind = "is a device or special file"
-            out.append(_Entry(member.name, member.size, kind, member))
-        return out
+    def infos(self) -> list[tarfile.TarInfo]:
+        return self.tf.getmembers()
+
+    def describe(self, member: tarfile.TarInfo) -> tuple[str, int, str]:
+        if member.isreg():
+            kind = "file"
+        elif member.isdir():
+            kind = "dir"
+        elif member.issym() or member.islnk():
+            kind = "is a link"
+        else:
+            kind = "is a device or special file"
+        return member.name, member.size, kind
 
     def open(self, entry: _Entry) -> IO[bytes]:
         handle = self.tf.extractfile(entry.handle)
@@ -186,19 +192,17 @@ class _SevenZipReader(_Reader):
 
         self.archive = py7zr.SevenZipFile(path)
 
-    def entries(self) -> list[_Entry]:
-        out = []
-        for info in self.archive.list():
-            if info.is_symlink:
-                kind = "is a symbolic link"
-            elif info.is_directory:
-                kind = "dir"
-            elif info.is_file:
-                kind = "file"
-            else:
-                kind = "is a device or special file"
-            out.append(_Entry(info.filename, int(info.uncompressed or 0), kind, info))
-        return out
+    def infos(self) -> list[Any]:
+        return self.archive.list()
+
+    def describe(self, info: Any) -> tuple[str, int, str]:
+        if info.is_symlink:
+            kind = "is a symbolic link"
+        elif info.is_directory:
+            kind = "dir"
+        else:
+            kind = "file" if info.is_file else "is a device or special file"
+        return info.filename, int(info.uncompressed or 0), kind
 
     def write(
         self, plan: list[tuple[_Entry, Path]], staging: Path, advance: Callable[[int], None]

@@ -20,6 +20,7 @@ from podium.io import PodiumError
 from podium.kaggle.client import preflight
 from podium.kaggle.competitions import leaderboard, submissions, submit
 from podium.submission import validate_submission
+from podium.tables import render_table
 
 __all__ = ["submit_command", "submissions_command", "leaderboard_command", "format_table"]
 
@@ -99,30 +100,5 @@ def kaggle_slug(cfg: DictConfig) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A plain text table: a header, a rule, one line per row; numbers right-aligned."""
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.6g}"
-        return str(value).replace("\n", " ")
-
-    cells = [[cell(row.get(col)) for col in columns] for row in rows]
-    numeric = [
-        all(isinstance(row.get(col), (int, float)) or row.get(col) is None for row in rows)
-        and any(isinstance(row.get(col), (int, float)) for row in rows)
-        for col in columns
-    ]
-    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
-
-    def line(values: list[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [line(list(columns)), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in cells]
-    return "\n".join(out)
+    """Kaggle's listings (dicts) as a plain text table of `columns`."""
+    return render_table(columns, [[row.get(c) for c in columns] for row in rows], style="plain")

@@ -39,20 +39,26 @@ def list_files(slug: str) -> list[dict[str, Any]]:
     from kagglesdk.competitions.types.competition_api_service import ApiListDataFilesRequest
 
     session = open_session()
-
-    def fetch(token: str) -> tuple[list[Any], str]:
-        request = ApiListDataFilesRequest()
-        request.competition_name = slug
-        request.page_size = PAGE_SIZE
-        request.page_token = token
-        response = competitions.list_data_files(request)
-        return response.files, response.next_page_token
-
     with (
         kaggle_errors("listing files", slug, session.creds),
         competition_api(session) as competitions,
     ):
-        return [{"name": f.name, "size": int(f.total_bytes or 0)} for f in paged(fetch)]
+        files = _listing(competitions.list_data_files, ApiListDataFilesRequest, slug, "files")
+        return [{"name": f.name, "size": int(f.total_bytes or 0)} for f in files]
+
+
+def _listing(method: Any, request_type: type, slug: str, items: str) -> Iterator[Any]:
+    """Every item of a token-paged competition listing (``items``: the response's list)."""
+
+    def fetch(token: str) -> tuple[list[Any], str]:
+        request = request_type()
+        request.competition_name = slug
+        request.page_size = PAGE_SIZE
+        request.page_token = token
+        response = method(request)
+        return getattr(response, items), response.next_page_token
+
+    return paged(fetch)
 
 
 def _score(value: str | None) -> float | None:
@@ -131,16 +137,9 @@ def leaderboard(slug: str, top: int = 20) -> tuple[list[dict[str, Any]], dict[st
         rows: list[dict[str, Any]] = []
         own: dict[str, Any] | None = None
         with competition_api(session) as competitions:
-
-            def fetch(token: str) -> tuple[list[Any], str]:
-                request = ApiGetLeaderboardRequest()
-                request.competition_name = slug
-                request.page_size = PAGE_SIZE
-                request.page_token = token
-                response = competitions.get_leaderboard(request)
-                return response.submissions, response.next_page_token
-
-            for rank, entry in enumerate(paged(fetch), start=1):
+            method = competitions.get_leaderboard
+            entries = _listing(method, ApiGetLeaderboardRequest, slug, "submissions")
+            for rank, entry in enumerate(entries, start=1):
                 row = {
                     "rank": rank,
                     "team_id": entry.team_id,
