@@ -16,13 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from podium.config import (
     ConfigError,
     check_overrides,
     compose_config,
     config_dir,
+    prepare_run_config,
     register_competitions,
 )
 from podium.io import PodiumError
@@ -151,29 +152,6 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
     finally:
         sys.argv = saved_argv
     return 0
-
-
-def prepare_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path) -> DictConfig:
-    """Fill `experiment_name` from the overrides and, when resuming, start from the run's saved
-    config with only this command line's overrides applied on top."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    if cfg.get("resume"):
-        saved = OmegaConf.load(run_dir / "config.yaml")
-        OmegaConf.set_struct(saved, False)
-        for override in OverridesParser.create().parse_overrides(task_overrides):
-            key = override.key_or_group
-            if key == "resume" or key.startswith("hydra."):
-                continue
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
-        saved.resume = cfg.resume
-        cfg = saved
-    elif cfg.get("experiment_name", "missing") is None:
-        name = HydraConfig.get().job.override_dirname
-        OmegaConf.set_struct(cfg, False)
-        cfg.experiment_name = name or "baseline"
-    return cfg
 
 
 def resolve_target(target: str):

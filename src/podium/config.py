@@ -26,6 +26,7 @@ __all__ = [
     "compose_config",
     "check_overrides",
     "ConfigError",
+    "prepare_run_config",
 ]
 
 
@@ -175,3 +176,26 @@ def explain_hydra_error(error: Exception) -> str:
         return f"unknown option '{option}' for '{group}'{known}"
     first = next((line.strip() for line in text.splitlines() if line.strip()), repr(error))
     return first
+
+
+def prepare_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path) -> DictConfig:
+    """Fill `experiment_name` from the overrides and, when resuming, start from the run's saved
+    config with only this command line's overrides applied on top."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if cfg.get("resume"):
+        saved = OmegaConf.load(run_dir / "config.yaml")
+        OmegaConf.set_struct(saved, False)
+        for override in OverridesParser.create().parse_overrides(task_overrides):
+            key = override.key_or_group
+            if key == "resume" or key.startswith("hydra."):
+                continue
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+        saved.resume = cfg.resume
+        cfg = saved
+    elif cfg.get("experiment_name", "missing") is None:
+        name = HydraConfig.get().job.override_dirname
+        OmegaConf.set_struct(cfg, False)
+        cfg.experiment_name = name or "baseline"
+    return cfg
