@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ import podium
 from podium import distributed as dist
 from podium import io
 from podium.competition import Competition, load_competition
+from podium.config import config_hash
 from podium.data import (
     SegmentationDataset,
     build_transforms,
@@ -283,7 +283,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "global_batch": batch_size * world * accumulate,
         "device": str(device.type),
         "precision": precision,
-        "config_hash": config_hash(cfg),
+        # Without fold and seed: the same for every run of an experiment, which report checks.
+        "config_hash": config_hash(cfg, replicates=False),
         "git_sha": git_sha(),
         "podium_version": podium.__version__,
         "run_dir": str(run_dir),
@@ -518,16 +519,6 @@ def restore_checkpoint(path, model, ema, optimizer, scheduler, scaler, device) -
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
     return dict(checkpoint["state"])
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """A short hash of the settings that change the model (not fold/seed/paths/names)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("fold", "seed", "paths", "experiment_name", "resume"):
-        container.pop(key, None)
-    for key in ("devices", "gpus_per_job", "find_unused_parameters"):  # how it runs, not what
-        container.get("trainer", {}).pop(key, None)
-    return hashlib.sha1(repr(sorted(container.items())).encode()).hexdigest()[:10]
 
 
 def git_sha() -> str | None:
