@@ -31,7 +31,7 @@ log = logging.getLogger("podium")
 # command -> (config name, "module:function", produces a run directory, one-line help)
 COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "download": ("tools", "podium.cli:download", False, "get a competition's data"),
-    "train": ("train", "podium.train:main", True, "train one model (a fold, a seed)"),
+    "train": ("train", "podium.launch:main", True, "train one model (a fold, a seed)"),
     "tune": ("tune", "podium.infer:tune", True, "tune post-processing on out-of-fold predictions"),
     "predict": ("predict", "podium.infer:predict", True, "ensemble runs on the test set"),
     "validate": ("tools", "podium.submit:validate_command", False, "check a submission file"),
