@@ -95,3 +95,66 @@ def test_competition_yaml_with_unknown_key_is_rejected(tmp_path):
     (folder / "competition.yaml").write_text("task: binary\ntaks: binary\n")
     with pytest.raises(ConfigError, match="unknown key 'taks'"):
         load_competition_yaml(folder / "competition.yaml")
+
+
+# -- what a run computes: one list of the keys that do not change it ----------------------------
+def where_and_how(base: Path, workers: int) -> list[str]:
+    """Overrides placing a run in another clone and data folder, loading with `workers`."""
+    return [
+        f"paths.root_dir={base / 'clone'}",
+        f"paths.data_dir={base / 'data'}",
+        f"paths.runs_dir={base / 'runs'}",
+        f"competition.dir={base / 'clone' / 'competitions' / 'demo_shapes'}",
+        f"trainer.num_workers={workers}",
+    ]
+
+
+def test_config_hash_is_the_experiment_s_wherever_and_however_fast_it_runs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from podium.config import config_hash, result_config
+
+    here = compose_config("train", ["experiment=demo", *where_and_how(tmp_path / "a", 0)])
+    there = compose_config("train", ["experiment=demo", *where_and_how(tmp_path / "b", 4)])
+    resolved = [OmegaConf.to_container(c, resolve=True) for c in (here, there)]
+    for key in ("root_dir", "data_dir", "runs_dir"):
+        assert resolved[0]["paths"][key] != resolved[1]["paths"][key]
+    assert resolved[0]["competition"]["data_dir"] != resolved[1]["competition"]["data_dir"]
+    assert resolved[0]["competition"]["dir"] != resolved[1]["competition"]["dir"]
+    assert result_config(here) == result_config(there)
+    assert "paths" not in result_config(here) and result_config(here)["seed"] == 0
+    assert config_hash(here) == config_hash(there)
+
+    other_lr = compose_config(
+        "train", ["experiment=demo", "optimizer.lr=0.01", *where_and_how(tmp_path / "a", 0)]
+    )
+    other_seed = compose_config("train", ["experiment=demo", "seed=1"])
+    assert config_hash(other_lr) != config_hash(here)
+    assert config_hash(other_seed) != config_hash(here)  # a replicate: another result
+    # Without the replicate keys: what every run of one experiment shares (summary.json's).
+    assert config_hash(other_seed, replicates=False) == config_hash(here, replicates=False)
+    assert config_hash(other_lr, replicates=False) != config_hash(here, replicates=False)
+
+
+def test_experiment_names_leave_out_the_replicate_and_non_result_keys():
+    """Hydra's exclude_keys (exact keys) spells out podium.config's one list."""
+    from omegaconf import OmegaConf
+
+    from podium.config import NON_RESULT_KEYS, REPLICATE_KEYS, changes_result
+
+    hydra_file = ROOT / "configs" / "hydra" / "default.yaml"
+    excluded = set(OmegaConf.load(hydra_file).job.config.override_dirname.exclude_keys)
+
+    def leaves(node: dict, prefix: str = "") -> list[str]:
+        keys = []
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            keys += leaves(value, f"{name}.") if isinstance(value, dict) and value else [name]
+        return keys
+
+    config = OmegaConf.to_container(compose_config("train"), resolve=True)
+    non_result = {key for key in leaves(config) if not changes_result(key)}
+    assert non_result >= NON_RESULT_KEYS and "paths.data_dir" in non_result
+    assert non_result | REPLICATE_KEYS | {"paths"} <= excluded
+    assert all(key in REPLICATE_KEYS or not changes_result(key) for key in excluded)
+    assert changes_result("optimizer.lr") and changes_result("seed")

@@ -97,7 +97,7 @@ def test_two_process_validation_equals_one_process_on_the_same_checkpoint(torchr
     from podium.data import SegmentationDataset, build_transforms, split_samples
     from podium.losses import build_loss
     from podium.models import load_run_model
-    from podium.train import validate
+    from podium.train import Compute, validate
 
     model, cfg = load_run_model(torchrun_run)
     competition = load_competition(cfg)
@@ -107,13 +107,13 @@ def test_two_process_validation_equals_one_process_on_the_same_checkpoint(torchr
     transform = build_transforms(cfg.augment, cfg.competition.image_size, train=False)
     dataset = SegmentationDataset(competition, val_samples, transform)
     loss_fn = build_loss(cfg.loss, competition.task)
+    compute = Compute.for_trainer(cfg.trainer, torch.device("cpu"))  # as each rank had it
     # On one thread, as each rank ran (podium_env sets OMP_NUM_THREADS=1): on another thread
     # count convolutions sum in another order and a pixel at the threshold can flip (seen: 3e-5).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = validate(model, dataset, competition, cfg, torch.device("cpu"),
-                       torch.channels_last, loss_fn)  # fmt: skip
+        one = validate(model, dataset, loss_fn, compute, cfg)
     finally:
         torch.set_num_threads(threads)
 

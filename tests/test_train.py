@@ -134,6 +134,7 @@ def test_multirun_sweeps_seeds_into_separate_runs(demo_paths, tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert [s["seed"] for s in summaries] == [0, 1], proc.stdout
     assert len({s["run_dir"] for s in summaries}) == 2
+    assert len({s["config_hash"] for s in summaries}) == 1  # one experiment: seeds aside
 
 
 def test_train_without_data_says_to_download_it(tmp_path, capsys):

@@ -33,7 +33,7 @@ log = logging.getLogger("podium")
 # command -> (config name, "module:function", produces a run directory, one-line help)
 COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "download": ("tools", "podium.download:download_command", False, "get a competition's data"),
-    "train": ("train", "podium.train:main", True, "train one model (a fold, a seed)"),
+    "train": ("train", "podium.launch:main", True, "train one model (a fold, a seed)"),
     "tune": ("tune", "podium.infer:tune", True, "tune post-processing on out-of-fold predictions"),
     "predict": ("predict", "podium.infer:predict", True, "ensemble runs on the test set"),
     "validate": ("tools", "podium.submission:validate_command", False, "check a submission file"),

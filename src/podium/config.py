@@ -1,4 +1,5 @@
-"""Configuration: the project root, competition config registration, and override checking.
+"""Configuration: the project root, competition config registration, override checking, and
+which config keys change what a run computes (`result_config`, `config_hash`).
 
 Hydra composes `configs/<command>.yaml` from groups. The `competition` group is special: its
 options are the folders of `competitions/` (each with a `competition.yaml`), registered in Hydra's
@@ -7,8 +8,11 @@ ConfigStore at start-up, so a competition lives in one folder with its adapter.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -27,6 +31,12 @@ __all__ = [
     "check_overrides",
     "ConfigError",
     "prepare_run_config",
+    "NON_RESULT_GROUPS",
+    "NON_RESULT_KEYS",
+    "REPLICATE_KEYS",
+    "changes_result",
+    "result_config",
+    "config_hash",
 ]
 
 
@@ -176,6 +186,72 @@ def explain_hydra_error(error: Exception) -> str:
         return f"unknown option '{option}' for '{group}'{known}"
     first = next((line.strip() for line in text.splitlines() if line.strip()), repr(error))
     return first
+
+
+# =============================================================================================
+# What a run computes. The keys that say where, under which name, or how fast and visibly a run
+# was made: two runs that differ only in them train the same model. The one list of them: the
+# config hash in summary.json is built on it, config comparisons (podium runs, write-ups) are to
+# use it, and configs/hydra/default.yaml's exclude_keys (experiment names) repeats its keys
+# (tests/test_config.py checks that the two agree).
+NON_RESULT_GROUPS = ("paths", "hydra")  # every key under them: folders of this machine, Hydra's
+NON_RESULT_KEYS = frozenset(
+    {
+        # where: this clone's competition folder and the data folder (paths.data_dir/<name>;
+        # image-folder's dataset too, which another folder may hold a copy of)
+        "competition.dir",
+        "competition.data_dir",
+        # under which name
+        "experiment_name",
+        "resume",
+        # how fast or how visibly: data loading is seeded per sample, logging reads no RNG
+        "trainer.num_workers",
+        "trainer.progress",
+        "trainer.log_every",
+        # how the processes are started. The process count does change the global batch, but
+        # torchrun's never appears in the config: summary.json's world_size and global_batch
+        # record it for every run.
+        "trainer.devices",
+        "trainer.gpus_per_job",
+        "trainer.find_unused_parameters",
+    }
+)
+# Keys that vary across the runs of one experiment by design. They do change the result, so
+# `result_config` keeps them; Hydra's exclude_keys leaves them out of experiment names.
+REPLICATE_KEYS = frozenset({"fold", "seed"})
+
+
+def changes_result(key: str) -> bool:
+    """Whether a dotted config key (`optimizer.lr`; `paths` for the group itself) can change
+    what a run computes. Unknown keys can: only the keys listed above cannot."""
+    return key not in NON_RESULT_KEYS and key.split(".")[0] not in NON_RESULT_GROUPS
+
+
+def result_config(config: Mapping, replicates: bool = True) -> dict:
+    """A copy of a config (resolved first if a DictConfig) without the keys that do not change
+    the result; `replicates=False` also drops fold and seed, leaving what every run of one
+    experiment shares."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+
+    def keep(node: Mapping, prefix: str) -> dict:
+        kept = {}
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if not changes_result(name) or (not replicates and name in REPLICATE_KEYS):
+                continue
+            is_node = isinstance(value, Mapping)
+            kept[key] = keep(value, f"{name}.") if is_node else copy.deepcopy(value)
+        return kept
+
+    return keep(config, "")
+
+
+def config_hash(config: Mapping, replicates: bool = True) -> str:
+    """A short hash of `result_config(config, replicates)`: the same for the same experiment
+    from another clone, data folder, worker count or launcher."""
+    kept = result_config(config, replicates)
+    return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:10]
 
 
 def prepare_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path) -> DictConfig:

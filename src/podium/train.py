@@ -1,9 +1,9 @@
-"""The training loop: one readable function, `train`, from data to checkpoints.
+"""The training loop: `train`, from data to checkpoints, read top to bottom.
 
-It runs unchanged in one process (CPU or GPU) and as one worker of a torch.distributed job
-(torchrun, or `trainer.devices=N`): rank-dependent work goes through `podium.distributed`.
+It runs unchanged in one process (CPU or GPU) and as one worker of a torch.distributed job:
+rank-dependent work goes through `podium.distributed`, and `podium.launch` starts the processes.
 
-Run directory (decided once, before any worker starts):
+Run directory (decided by podium.launch, before any worker starts):
     config.yaml            resolved config
     checkpoints/last.pt    everything needed to resume (model, EMA, optimizer, scheduler, scaler,
     checkpoints/best.pt      RNG states, epoch, early-stopping state); best = best validation score
@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
+import dataclasses
 import logging
 import math
 import os
 import random
-import shutil
 import subprocess
 import time
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ import podium
 from podium import distributed as dist
 from podium import io
 from podium.competition import Competition, load_competition
+from podium.config import config_hash
 from podium.data import (
     SegmentationDataset,
     build_transforms,
@@ -61,245 +63,176 @@ from podium.models import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "main"]
+__all__ = ["train", "Compute", "TrainData", "Progress", "TrainState", "validate", "write_oof"]
 
 METRICS_COLUMNS = [
-    "epoch", "step", "lr", "train_loss", "val_loss", "val_score", "images_per_s", "elapsed_s",
-]  # fmt: skip
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_score",
+    "images_per_s",
+    "elapsed_s",
+]
 
 
 # =============================================================================================
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train `cfg` into `run_dir` (resuming from `run_dir/checkpoints/last.pt` when
     `cfg.resume` is set). Returns the summary written to summary.json."""
-    t_start = time.time()
+    clock = Clock()
     tc = cfg.trainer
     device = resolve_device()
     if device.type == "cpu":
         retain_freed_memory()
     seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))
-    world = dist.world_size()
 
-    # -- data ---------------------------------------------------------------------------------
-    competition = load_competition(cfg)
-    competition.require_data()
-    samples = competition.train_samples()
-    folds = load_or_make_folds(
-        samples, competition.data_dir / "folds.csv", int(cfg.competition.n_folds),
-        int(cfg.competition.folds_seed),
-    )  # fmt: skip
-    train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
-    image_size = cfg.competition.image_size
-    train_set = SegmentationDataset(
-        competition, train_samples, build_transforms(cfg.augment, image_size, train=True),
-        seed=int(cfg.seed),
-    )  # fmt: skip
-    val_set = SegmentationDataset(
-        competition, val_samples, build_transforms(cfg.augment, image_size, train=False)
-    )
-    workers = resolve_num_workers(tc.num_workers, processes=dist.local_world_size())
-    batch_size, accumulate = int(tc.batch_size), int(tc.accumulate)
-    steps_per_epoch = len(train_set) // (batch_size * world)
-    if tc.limit_train_batches:
-        steps_per_epoch = min(steps_per_epoch, int(tc.limit_train_batches))
-    if steps_per_epoch < accumulate:
-        raise PodiumError(
-            f"trainer.batch_size={batch_size}: {len(train_set)} training images give "
-            f"{steps_per_epoch} batches per epoch per device; lower it"
-        )
-    optimizer_steps_per_epoch = steps_per_epoch // accumulate
-
-    # -- model, EMA, optimizer, schedule, loss ------------------------------------------------
-    model = build_model(cfg.model, competition.num_outputs, int(cfg.competition.in_channels))
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
-    if tc.sync_batchnorm and world > 1:
-        model = dist.convert_sync_batchnorm(model)
-    ema_updates = [0]  # Python-side counter: the decay ramp must not sync with the GPU
-    ema = make_ema(model, tc.ema, tc.ema_warmup, ema_updates) if tc.ema else None
-    train_model = model
-    if world > 1:
-        train_model = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(tc.find_unused_parameters),
-        )
-    optimizer = build_optimizer(cfg.optimizer, model)
-    total_steps = max(1, optimizer_steps_per_epoch * int(tc.max_epochs))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda=lr_schedule(cfg.scheduler, total_steps, optimizer_steps_per_epoch)
-    )
-    precision = resolve_precision(tc.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = build_loss(cfg.loss, competition.task)
-
-    # -- state: fresh or resumed --------------------------------------------------------------
-    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "stale_epochs": 0}
-    last_ckpt = run_dir / "checkpoints" / "last.pt"
+    # -- data; model, EMA, optimizer, schedule, loss: fresh or from the last checkpoint -------
+    data = load_data(cfg)
+    run = build_train_state(cfg, data, Compute.for_trainer(tc, device))
     if cfg.resume:
-        if not last_ckpt.is_file():
-            raise PodiumError(f"resume={cfg.resume}: no checkpoints/last.pt there to resume from")
-        state = restore_checkpoint(last_ckpt, model, ema, optimizer, scheduler, scaler, device)
-        ema_updates[0] = state["step"]
-        log.info("resumed %s at epoch %d", run_dir, state["epoch"])
-        # A longer run gets a longer schedule: rebuild the LR lambda for the new total.
-        scheduler.lr_lambdas[0] = lr_schedule(cfg.scheduler, total_steps, optimizer_steps_per_epoch)
-
-    writer = None
+        resume(run, run_dir, cfg)
+    records = RunLog(run_dir, cfg, run.progress.step, clock) if dist.is_main() else None
     if dist.is_main():
-        from torch.utils.tensorboard import SummaryWriter
+        records.start(data, run.compute)
 
-        writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=state["step"] or None)
-        log.info(
-            "%s fold %d: %d train / %d val images, global batch %d (%d x %d devices x %d accum), "
-            "%s, %s", competition.name, cfg.fold, len(train_set), len(val_set),
-            batch_size * world * accumulate, batch_size, world, accumulate, device, precision,
-        )  # fmt: skip
-
-    # -- the loop -----------------------------------------------------------------------------
-    images_seen, train_time = 0, 0.0
-    max_epochs, status = int(tc.max_epochs), "finished"
-    for epoch in range(state["epoch"], max_epochs):
-        train_set.set_epoch(epoch)
-        loader = train_loader(train_set, batch_size, workers, int(cfg.seed), epoch)
-        train_model.train()
-        t_epoch = time.time()
-        running_loss = torch.zeros((), device=device)
-        progress = tqdm(
-            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False,
-            disable=not (tc.progress and dist.is_main()), mininterval=1.0,
-        )  # fmt: skip
-        batches = iter(loader)
-        for micro in range(steps_per_epoch):
-            batch = next(batches)
-            images = to_input(batch["image"], model, device, memory_format)
-            masks = batch["mask"].to(device, non_blocking=True)
-            last_micro = (micro + 1) % accumulate == 0
-            # Under DDP, only the last micro-batch of an accumulation all-reduces gradients
-            # (no_sync must hold over both the forward and the backward pass).
-            sync = (
-                train_model.no_sync()
-                if (world > 1 and not last_micro)
-                else contextlib.nullcontext()
-            )
-            with sync:
-                with autocast(device, precision):
-                    loss = loss_fn(ddp_forward(train_model, images), masks) / accumulate
-                scaler.scale(loss).backward()
-            running_loss += loss.detach() * accumulate
-            if last_micro:
-                if tc.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                state["step"] += 1
-                if ema is not None:
-                    ema_updates[0] += 1
-                    ema.update_parameters(model)
-                if writer and state["step"] % int(tc.log_every) == 0:
-                    writer.add_scalar("train/loss", loss.item() * accumulate, state["step"])
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state["step"])
-            progress.update()
-        progress.close()
-        del batches, loader
-        epoch_time = time.time() - t_epoch
-        train_time += epoch_time
-        images_seen += steps_per_epoch * batch_size * world
-        train_loss = float(dist.reduce_mean(running_loss / steps_per_epoch))
-
-        # -- validation, checkpoints, logs ------------------------------------------------------
-        eval_model = ema.module if ema is not None else model
-        last_epoch = epoch + 1 == max_epochs
-        validate_now = (epoch + 1) % int(tc.val_every) == 0 or last_epoch
-        result = (
-            validate(eval_model, val_set, competition, cfg, device, memory_format, loss_fn)
-            if validate_now
-            else None
-        )
-        state["epoch"] = epoch + 1
-        improved = result is not None and result["score"] > state["best_score"]
-        if improved:
-            state.update(best_score=result["score"], best_epoch=epoch + 1, stale_epochs=0)
-        elif result is not None:
-            state["stale_epochs"] += 1
+    # -- the loop: train an epoch, validate, checkpoint, stop early ---------------------------
+    max_epochs, status, checkpoints = int(tc.max_epochs), "finished", run_dir / "checkpoints"
+    for epoch in range(run.progress.epoch, max_epochs):
+        train_loss, seconds = train_epoch(run, data, cfg, epoch, records)
+        clock.count_epoch(seconds, data.images_per_epoch)
+        result = None
+        if (epoch + 1) % int(tc.val_every) == 0 or epoch + 1 == max_epochs:
+            result = validate(run.eval_model, data.val_set, run.loss_fn, run.compute, cfg)
+        improved = run.progress.end_epoch(result)
         if dist.is_main():
-            row = {
-                "epoch": epoch + 1,
-                "step": state["step"],
-                "lr": f"{scheduler.get_last_lr()[0]:.6g}",
-                "train_loss": f"{train_loss:.6f}",
-                "val_loss": f"{result['loss']:.6f}" if result else "",
-                "val_score": f"{result['score']:.6f}" if result else "",
-                "images_per_s": f"{steps_per_epoch * batch_size * world / epoch_time:.2f}",
-                "elapsed_s": f"{time.time() - t_start:.1f}",
-            }
-            append_metrics(run_dir / "metrics.csv", row)
-            writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
-            if result:
-                writer.add_scalar("val/loss", result["loss"], epoch + 1)
-                writer.add_scalar(f"val/{cfg.competition.metric}", result["score"], epoch + 1)
-                log.info(
-                    "epoch %d: train loss %.4f, val loss %.4f, val %s %.4f%s", epoch + 1,
-                    train_loss, result["loss"], cfg.competition.metric, result["score"],
-                    " (best)" if improved else "",
-                )  # fmt: skip
-            writer.flush()
-            checkpoint = make_checkpoint(model, ema, optimizer, scheduler, scaler, state, cfg)
+            records.epoch(run, train_loss, result, data.images_per_epoch / seconds)
+            checkpoint = make_checkpoint(run, cfg)
             if improved:
-                save_checkpoint(checkpoint, run_dir / "checkpoints" / "best.pt")
+                save_checkpoint(checkpoint, checkpoints / "best.pt")
                 if tc.save_oof:
-                    write_oof(run_dir / "oof.npz", val_samples, result["probs"], result["masks"])
-            save_checkpoint(checkpoint, last_ckpt)  # last: a kill after this resumes here
+                    oof = (result["probs"], result["masks"])
+                    write_oof(run_dir / "oof.npz", data.val_set.samples, *oof)
+            save_checkpoint(checkpoint, checkpoints / "last.pt")  # a kill after this resumes here
         dist.barrier()
-        if tc.early_stopping and state["stale_epochs"] >= int(tc.early_stopping):
+        if tc.early_stopping and run.progress.stale_epochs >= int(tc.early_stopping):
             status = "early_stopped"
             if dist.is_main():
-                log.info("early stopping: %d epochs without improvement", state["stale_epochs"])
+                stale = run.progress.stale_epochs
+                log.info("early stopping: %d epochs without improvement", stale)
             break
 
-    summary = {
-        "competition": competition.name,
-        "experiment_name": cfg.experiment_name,
-        "fold": int(cfg.fold),
-        "seed": int(cfg.seed),
-        "metric": cfg.competition.metric,
-        "best_score": state["best_score"] if state["best_epoch"] > 0 else None,
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
-        "status": status,
-        "train_images_per_s": round(images_seen / train_time, 2) if train_time else None,
-        "images_seen": images_seen,
-        "duration_s": round(time.time() - t_start, 1),
-        "arch": cfg.model.arch,
-        "encoder": cfg.model.encoder,
-        "encoder_weights": None
-        if cfg.model.encoder_weights is None
-        else str(cfg.model.encoder_weights),
-        "loss": cfg.loss.name,
-        "world_size": world,
-        "global_batch": batch_size * world * accumulate,
-        "device": str(device.type),
-        "precision": precision,
-        "config_hash": config_hash(cfg),
-        "git_sha": git_sha(),
-        "podium_version": podium.__version__,
-        "run_dir": str(run_dir),
-    }
+    summary = run_summary(cfg, run_dir, run, data, status, clock)
     if dist.is_main():
-        if cfg.resume and (run_dir / "summary.json").is_file():
-            # Across resumes the run's own totals add up.
-            before = io.read_json(run_dir / "summary.json")
-            summary["duration_s"] = round(before.get("duration_s", 0) + summary["duration_s"], 1)
-            summary["images_seen"] += before.get("images_seen", 0)
-        io.write_json(run_dir / "summary.json", summary)
-        writer.close()
-        from podium import ledger
-
-        ledger.record_run(ledger.ledger_path(cfg.paths.runs_dir, competition.name), summary)
+        records.finish(summary)
     return summary
+
+
+# =============================================================================================
+# What travels together.
+@dataclass(frozen=True)
+class Compute:
+    """Where and in which number format the model runs, in training and in validation."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    memory_format: torch.memory_format
+
+    @classmethod
+    def for_trainer(cls, trainer: DictConfig, device: torch.device) -> Compute:
+        """The `trainer` config's precision (auto resolved for `device`) and memory format."""
+        memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+        return cls(device, resolve_precision(trainer.precision, device), memory_format)
+
+
+@dataclass
+class TrainData:
+    """The fold's training and validation sets, and how the training set is batched."""
+
+    competition: Competition
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
+    batch_size: int  # per device
+    accumulate: int  # micro-batches per optimizer step
+    workers: int  # DataLoader worker processes of each training process
+    steps_per_epoch: int  # micro-batches per device and epoch
+
+    @property
+    def optimizer_steps_per_epoch(self) -> int:
+        return self.steps_per_epoch // self.accumulate
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Training images per epoch, over all devices."""
+        return self.steps_per_epoch * self.batch_size * dist.world_size()
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimizer step, over all devices."""
+        return self.batch_size * dist.world_size() * self.accumulate
+
+
+@dataclass
+class Progress:
+    """How far a run got: checkpoints save it as their "state" (these keys, in this order)."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    stale_epochs: int = 0  # validated epochs since the best one
+
+    def end_epoch(self, result: dict | None) -> bool:
+        """Count an epoch as done, with its validation result (None: it did not validate).
+        True when it scored best so far."""
+        self.epoch += 1
+        improved = result is not None and result["score"] > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.stale_epochs = result["score"], self.epoch, 0
+        elif result is not None:
+            self.stale_epochs += 1
+        return improved
+
+
+@dataclass
+class TrainState:
+    """What a training step uses and changes; checkpoints save it and resuming restores it."""
+
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # `model`, or its DDP wrapper: the training forward pass
+    ema: AveragedModel | None
+    ema_updates: list[int]  # the EMA's update counter (see make_ema)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    compute: Compute
+    progress: Progress = dataclasses.field(default_factory=Progress)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation scores: the EMA's, when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class Clock:
+    """This process's time and training throughput (summary.json adds up a run's resumes)."""
+
+    start: float = dataclasses.field(default_factory=time.time)
+    train_s: float = 0.0  # in training epochs, validation aside
+    images_seen: int = 0  # training images, over all devices
+
+    def count_epoch(self, seconds: float, images: int) -> None:
+        self.train_s += seconds
+        self.images_seen += images
+
+    def elapsed_s(self) -> float:
+        return time.time() - self.start
+
+    def images_per_s(self) -> float | None:
+        return round(self.images_seen / self.train_s, 2) if self.train_s else None
 
 
 # =============================================================================================
@@ -330,6 +263,67 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def load_data(cfg: DictConfig) -> TrainData:
+    """The fold's datasets (folds.csv is made once per data folder) and the batching: per-device
+    batches that give the same global batch on any number of devices."""
+    tc = cfg.trainer
+    competition = load_competition(cfg)
+    competition.require_data()
+    samples = competition.train_samples()
+    n_folds, folds_seed = int(cfg.competition.n_folds), int(cfg.competition.folds_seed)
+    folds = load_or_make_folds(samples, competition.data_dir / "folds.csv", n_folds, folds_seed)
+    train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
+    size = cfg.competition.image_size
+    train_transform = build_transforms(cfg.augment, size, train=True)
+    train_set = SegmentationDataset(competition, train_samples, train_transform, seed=int(cfg.seed))
+    val_transform = build_transforms(cfg.augment, size, train=False)
+    val_set = SegmentationDataset(competition, val_samples, val_transform)
+    workers = resolve_num_workers(tc.num_workers, processes=dist.local_world_size())
+    batch_size, accumulate = int(tc.batch_size), int(tc.accumulate)
+    steps_per_epoch = len(train_set) // (batch_size * dist.world_size())
+    if tc.limit_train_batches:
+        steps_per_epoch = min(steps_per_epoch, int(tc.limit_train_batches))
+    if steps_per_epoch < accumulate:
+        raise PodiumError(
+            f"trainer.batch_size={batch_size}: {len(train_set)} training images give "
+            f"{steps_per_epoch} batches per epoch per device; lower it"
+        )
+    return TrainData(
+        competition, train_set, val_set, batch_size, accumulate, workers, steps_per_epoch
+    )
+
+
+def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> TrainState:
+    """The model on its device (with synced BatchNorm if asked), its EMA and DDP wrapper, the
+    optimizer, LR schedule, gradient scaler and loss."""
+    tc = cfg.trainer
+    model = build_model(cfg.model, data.competition.num_outputs, int(cfg.competition.in_channels))
+    model = model.to(device=compute.device, memory_format=compute.memory_format)
+    if tc.sync_batchnorm and dist.world_size() > 1:
+        model = dist.convert_sync_batchnorm(model)
+    ema_updates = [0]  # Python-side counter: the decay ramp must not sync with the GPU
+    ema = make_ema(model, tc.ema, tc.ema_warmup, ema_updates) if tc.ema else None
+    train_model = model
+    if dist.world_size() > 1:
+        cuda = compute.device.type == "cuda"
+        train_model = DistributedDataParallel(
+            model,
+            device_ids=[compute.device.index] if cuda else None,
+            find_unused_parameters=bool(tc.find_unused_parameters),
+        )
+    optimizer = build_optimizer(cfg.optimizer, model)
+    # From this config also on resume (a checkpoint keeps the scheduler's step count, not this
+    # function), so a run resumed with a larger trainer.max_epochs gets the longer schedule.
+    per_epoch = data.optimizer_steps_per_epoch
+    schedule = lr_schedule(cfg.scheduler, max(1, per_epoch * int(tc.max_epochs)), per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
+    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
+    loss_fn = build_loss(cfg.loss, data.competition.task)
+    return TrainState(
+        model, train_model, ema, ema_updates, optimizer, scheduler, scaler, loss_fn, compute
+    )
 
 
 def make_ema(model: torch.nn.Module, decay: float, warmup: bool, counter: list[int]):
@@ -387,6 +381,141 @@ def lr_schedule(cfg: DictConfig, total_steps: int, steps_per_epoch: int):
     return multiplier
 
 
+def resume(run: TrainState, run_dir: Path, cfg: DictConfig) -> None:
+    """Continue from `run_dir`'s last checkpoint: weights, EMA, optimizer, scheduler, scaler,
+    RNG states and progress."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise PodiumError(f"resume={cfg.resume}: no checkpoints/last.pt there to resume from")
+    restore_checkpoint(last, run)
+    log.info("resumed %s at epoch %d", run_dir, run.progress.epoch)
+
+
+class RunLog:
+    """Rank 0's records of a run as it goes: metrics.csv, TensorBoard events, log lines, and at
+    the end summary.json and the ledger."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, step: int, clock: Clock):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir, self.cfg, self.clock = run_dir, cfg, clock
+        # A resumed run drops the events logged after its checkpoint.
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=step or None)
+
+    def start(self, data: TrainData, compute: Compute) -> None:
+        images = f"{len(data.train_set)} train / {len(data.val_set)} val images"
+        devices = f"{data.batch_size} x {dist.world_size()} devices x {data.accumulate} accum"
+        batch = f"global batch {data.global_batch} ({devices})"
+        run = f"{data.competition.name} fold {self.cfg.fold}"
+        log.info("%s: %s, %s, %s, %s", run, images, batch, compute.device, compute.precision)
+
+    def train_step(self, run: TrainState, loss: float) -> None:
+        self.writer.add_scalar("train/loss", loss, run.progress.step)
+        self.writer.add_scalar("train/lr", run.scheduler.get_last_lr()[0], run.progress.step)
+
+    def epoch(
+        self, run: TrainState, train_loss: float, result: dict | None, images_per_s: float
+    ) -> None:
+        """The epoch just ended (`run.progress.epoch`), with its validation `result` if any."""
+        epoch, metric = run.progress.epoch, self.cfg.competition.metric
+        row = {
+            "epoch": epoch,
+            "step": run.progress.step,
+            "lr": f"{run.scheduler.get_last_lr()[0]:.6g}",
+            "train_loss": f"{train_loss:.6f}",
+            "val_loss": f"{result['loss']:.6f}" if result else "",
+            "val_score": f"{result['score']:.6f}" if result else "",
+            "images_per_s": f"{images_per_s:.2f}",
+            "elapsed_s": f"{self.clock.elapsed_s():.1f}",
+        }
+        append_metrics(self.run_dir / "metrics.csv", row)
+        self.writer.add_scalar("train/epoch_loss", train_loss, epoch)
+        if result:
+            self.writer.add_scalar("val/loss", result["loss"], epoch)
+            self.writer.add_scalar(f"val/{metric}", result["score"], epoch)
+            scores = f"val loss {result['loss']:.4f}, val {metric} {result['score']:.4f}"
+            best = " (best)" if run.progress.best_epoch == epoch else ""
+            log.info("epoch %d: train loss %.4f, %s%s", epoch, train_loss, scores, best)
+        self.writer.flush()
+
+    def finish(self, summary: dict) -> None:
+        """Write summary.json (across resumes the run's own totals add up: `summary` is updated
+        with them) and record the run in the ledger."""
+        from podium import ledger
+
+        path = self.run_dir / "summary.json"
+        if self.cfg.resume and path.is_file():
+            before = io.read_json(path)
+            summary["duration_s"] = round(before.get("duration_s", 0) + summary["duration_s"], 1)
+            summary["images_seen"] += before.get("images_seen", 0)
+        io.write_json(path, summary)
+        self.writer.close()
+        ledger_file = ledger.ledger_path(self.cfg.paths.runs_dir, summary["competition"])
+        ledger.record_run(ledger_file, summary)
+
+
+def train_epoch(
+    run: TrainState, data: TrainData, cfg: DictConfig, epoch: int, records: RunLog | None
+) -> tuple[float, float]:
+    """One epoch of optimizer steps. Returns (mean training loss over all ranks, seconds)."""
+    tc = cfg.trainer
+    data.train_set.set_epoch(epoch)
+    loader = train_loader(data.train_set, data.batch_size, data.workers, int(cfg.seed), epoch)
+    run.train_model.train()
+    t_epoch = time.time()
+    running_loss = torch.zeros((), device=run.compute.device)
+    show, desc = tc.progress and dist.is_main(), f"epoch {epoch + 1}/{int(tc.max_epochs)}"
+    bar = tqdm(
+        total=data.steps_per_epoch, desc=desc, leave=False, disable=not show, mininterval=1.0
+    )
+    batches = iter(loader)
+    for micro in range(data.steps_per_epoch):
+        last_micro = (micro + 1) % data.accumulate == 0
+        loss = forward_backward(run, next(batches), data.accumulate, sync_gradients=last_micro)
+        running_loss += loss.detach() * data.accumulate
+        if last_micro:
+            optimizer_step(run, tc.grad_clip)
+            if records and run.progress.step % int(tc.log_every) == 0:
+                records.train_step(run, loss.item() * data.accumulate)
+        bar.update()
+    bar.close()
+    del batches, loader
+    seconds = time.time() - t_epoch
+    return float(dist.reduce_mean(running_loss / data.steps_per_epoch)), seconds
+
+
+def forward_backward(
+    run: TrainState, batch: dict, accumulate: int, sync_gradients: bool
+) -> torch.Tensor:
+    """One micro-batch: its loss (divided by `accumulate`), backpropagated into the gradients."""
+    device, precision = run.compute.device, run.compute.precision
+    images = to_input(batch["image"], run.model, device, run.compute.memory_format)
+    masks = batch["mask"].to(device, non_blocking=True)
+    # Under DDP, only the last micro-batch of an accumulation all-reduces gradients
+    # (no_sync must hold over both the forward and the backward pass).
+    skip_sync = dist.world_size() > 1 and not sync_gradients
+    with run.train_model.no_sync() if skip_sync else contextlib.nullcontext():
+        with autocast(device, precision):
+            loss = run.loss_fn(ddp_forward(run.train_model, images), masks) / accumulate
+        run.scaler.scale(loss).backward()
+    return loss
+
+
+def optimizer_step(run: TrainState, grad_clip: float | None) -> None:
+    """Step on the accumulated gradients (clipped), then the LR schedule and the EMA."""
+    if grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(grad_clip))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.progress.step += 1
+    if run.ema is not None:
+        run.ema_updates[0] += 1
+        run.ema.update_parameters(run.model)
+
+
 def train_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int):
     """The epoch's loader: order depends only on (seed, epoch), so resuming replays it exactly.
 
@@ -396,22 +525,43 @@ def train_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int):
     order = torch.randperm(len(dataset), generator=epoch_generator(seed, epoch)).tolist()
     world = dist.world_size()
     shard = order[dist.rank() : len(order) - len(order) % world : world]
+    workers_seed = epoch_generator(seed, epoch)  # seeds the loader's worker processes
     return make_loader(
-        dataset, batch_size, workers, sampler=shard, drop_last=True,
-        generator=epoch_generator(seed, epoch),  # seeds the loader's worker processes
-    )  # fmt: skip
+        dataset, batch_size, workers, sampler=shard, drop_last=True, generator=workers_seed
+    )
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def ddp_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The training forward pass; DDP's unused-parameter failure becomes a one-line fix."""
+    try:
+        return model(images)
+    except RuntimeError as e:
+        if "find_unused_parameters" not in str(e):
+            raise
+        raise PodiumError(
+            "the model has parameters that get no gradient (e.g. encoder stages beyond "
+            "model.kwargs.encoder_depth), which DDP cannot reduce: set "
+            "trainer.find_unused_parameters=true"
+        ) from None
+
+
 @torch.inference_mode()
-def validate(model, dataset, competition: Competition, cfg, device, memory_format, loss_fn):
+def validate(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    compute: Compute,
+    cfg: DictConfig,
+) -> dict:
     """Score every validation image exactly once across ranks (rank r takes images r, r+W, ...,
-    no padding duplicates) with the competition metric. Per-image scores and losses are gathered
-    on every rank (each needs the score for best/early stopping), so the result equals a single
-    process's on the same weights; probabilities and masks (for oof.npz) go to rank 0 only."""
+    no padding duplicates) with the metric of the dataset's competition. Per-image scores and
+    losses are gathered on every rank (each needs the score for best/early stopping), so the
+    result equals a single process's on the same weights; probabilities and masks (for oof.npz)
+    go to rank 0 only."""
     model.eval()
     # Each rank's BatchNorm running statistics follow its own batches (DDP hands rank 0's to the
     # others only at the next training forward): score with rank 0's, the ones checkpointed.
@@ -420,12 +570,12 @@ def validate(model, dataset, competition: Competition, cfg, device, memory_forma
     subset = torch.utils.data.Subset(dataset, indices)
     workers = resolve_num_workers(cfg.trainer.num_workers, processes=dist.world_size())
     loader = make_loader(subset, int(cfg.trainer.batch_size), workers)
-    precision = resolve_precision(cfg.trainer.precision, device)
+    device, competition = compute.device, dataset.competition
     threshold, task = float(cfg.trainer.threshold), competition.task
     scores, arrays = [], []  # (dataset index, score, loss), (dataset index, probs, mask) uint8
     for batch in loader:
-        images = to_input(batch["image"], model, device, memory_format)
-        with autocast(device, precision):
+        images = to_input(batch["image"], model, device, compute.memory_format)
+        with autocast(device, compute.precision):
             logits = model(images)
         logits = logits.float()
         masks = batch["mask"]
@@ -460,6 +610,56 @@ def quantize(probs: np.ndarray) -> np.ndarray:
     return np.rint(probs * 255.0).astype(np.uint8)
 
 
+def append_metrics(path: Path, row: dict) -> None:
+    """Append one row to metrics.csv, rewriting it atomically (it is small)."""
+    rows = io.read_csv_rows(path) if path.is_file() else []
+    rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])] + [row]  # resumed epochs
+    io.write_csv(path, rows, METRICS_COLUMNS)
+
+
+def make_checkpoint(run: TrainState, cfg: DictConfig) -> dict:
+    return {
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        "state": dataclasses.asdict(run.progress),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "podium_version": podium.__version__,
+    }
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    with io.atomic_write(path, "wb") as f:
+        torch.save(checkpoint, f)
+
+
+def restore_checkpoint(path: Path, run: TrainState) -> None:
+    """Load a `make_checkpoint` file into `run`, the RNG states included."""
+    checkpoint = torch.load(path, map_location=run.compute.device, weights_only=False)
+    run.model.load_state_dict(checkpoint["model"])
+    if run.ema is not None and checkpoint["ema"] is not None:
+        run.ema.load_state_dict(checkpoint["ema"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    run.scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    run.progress = Progress(**checkpoint["state"])
+    run.ema_updates[0] = run.progress.step
+
+
 def write_oof(path: Path, samples, probs: list[np.ndarray], masks: list[np.ndarray]) -> None:
     """Out-of-fold predictions as an .npz: `ids`, and per image `prob_<i>` (uint8 CxHxW,
     p*255) and `mask_<i>` (the target at the same size). Streamed, then renamed into place."""
@@ -472,215 +672,45 @@ def write_oof(path: Path, samples, probs: list[np.ndarray], masks: list[np.ndarr
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def append_metrics(path: Path, row: dict) -> None:
-    """Append one row to metrics.csv, rewriting it atomically (it is small)."""
-    rows = io.read_csv_rows(path) if path.is_file() else []
-    rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])] + [row]  # resumed epochs
-    io.write_csv(path, rows, METRICS_COLUMNS)
-
-
-def make_checkpoint(model, ema, optimizer, scheduler, scaler, state, cfg) -> dict:
+def run_summary(
+    cfg: DictConfig, run_dir: Path, run: TrainState, data: TrainData, status: str, clock: Clock
+) -> dict:
+    """The run's facts for summary.json, the ledger and write-ups."""
+    progress, weights = run.progress, cfg.model.encoder_weights
     return {
-        "model": model.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        "state": dict(state),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "competition": data.competition.name,
+        "experiment_name": cfg.experiment_name,
+        "fold": int(cfg.fold),
+        "seed": int(cfg.seed),
+        "metric": cfg.competition.metric,
+        "best_score": progress.best_score if progress.best_epoch > 0 else None,
+        "best_epoch": progress.best_epoch,
+        "epochs_run": progress.epoch,
+        "status": status,
+        "train_images_per_s": clock.images_per_s(),
+        "images_seen": clock.images_seen,
+        "duration_s": round(clock.elapsed_s(), 1),
+        "arch": cfg.model.arch,
+        "encoder": cfg.model.encoder,
+        "encoder_weights": None if weights is None else str(weights),
+        "loss": cfg.loss.name,
+        "world_size": dist.world_size(),
+        "global_batch": data.global_batch,
+        "device": str(run.compute.device.type),
+        "precision": run.compute.precision,
+        # Without fold and seed: the same for every run of an experiment, which report checks.
+        "config_hash": config_hash(cfg, replicates=False),
+        "git_sha": git_sha(),
         "podium_version": podium.__version__,
+        "run_dir": str(run_dir),
     }
 
 
-def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    with io.atomic_write(path, "wb") as f:
-        torch.save(checkpoint, f)
-
-
-def restore_checkpoint(path, model, ema, optimizer, scheduler, scaler, device) -> dict:
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(checkpoint["model"])
-    if ema is not None and checkpoint["ema"] is not None:
-        ema.load_state_dict(checkpoint["ema"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    rng = checkpoint["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-    return dict(checkpoint["state"])
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """A short hash of the settings that change the model (not fold/seed/paths/names)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("fold", "seed", "paths", "experiment_name", "resume"):
-        container.pop(key, None)
-    for key in ("devices", "gpus_per_job", "find_unused_parameters"):  # how it runs, not what
-        container.get("trainer", {}).pop(key, None)
-    return hashlib.sha1(repr(sorted(container.items())).encode()).hexdigest()[:10]
-
-
 def git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    command = ["git", "rev-parse", "HEAD"]
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, timeout=5, cwd=here)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-# =============================================================================================
-# `podium train`: one process, N local worker processes, or one worker of a torchrun job.
-def main(cfg: DictConfig, run_dir: Path) -> float | None:
-    """`podium train`, called once per run inside the Hydra task, after Hydra chose `run_dir`.
-
-    The run is decided here, once: its directory and its resolved config (written to
-    config.yaml). Then it trains in this process (`trainer.devices=1`), in N worker processes
-    launched here that are handed that directory and config (`trainer.devices=N|auto`, or
-    `trainer.gpus_per_job=K`: K workers on K GPUs leased from the machine), or, when torchrun
-    started this process, as one worker of that job. Returns the best score (Hydra sweepers
-    optimise it)."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    if dist.inside_launcher():
-        return join_launched_job(config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
-    try:
-        return _train_here_or_in_workers(cfg, config, run_dir)
-    except BaseException:
-        if not cfg.resume and _remove_unstarted_run_dir(run_dir):
-            log.info("removed %s: the run stopped before its first checkpoint", run_dir)
-        raise
-
-
-def _train_here_or_in_workers(cfg: DictConfig, config: dict, run_dir: Path) -> float | None:
-    tc = cfg.trainer
-    if tc.gpus_per_job:
-        with dist.lease_gpus(int(tc.gpus_per_job)) as gpus:
-            log.info("GPUs %s for %s", ",".join(gpus), run_dir)
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
-            args = (config, str(run_dir), _log_setup())
-            return dist.launch(worker, args, len(gpus), env)[0]["best_score"]
-    devices = dist.resolve_devices(tc.devices)
-    if devices == 1:
-        return train(OmegaConf.create(config), run_dir)["best_score"]
-    return dist.launch(worker, (config, str(run_dir), _log_setup()), devices)[0]["best_score"]
-
-
-def worker(config: dict, run_dir: str, log_setup: tuple[str | None, str | None]) -> dict:
-    """One worker process launched by `main`: joins the process group, trains, returns the
-    summary. Rank 0 logs like the parent (console and the run's podium.log)."""
-    dist.init_worker()
-    try:
-        _configure_worker_logging(*log_setup)
-        return train(OmegaConf.create(config), Path(run_dir))
-    finally:
-        dist.shutdown()
-
-
-def join_launched_job(config: dict, run_dir: Path) -> float | None:
-    """This process is one worker of an external torchrun job, and every worker ran Hydra.
-    Rank 0's run directory and config are the run's; a rank whose Hydra picked another
-    directory (its clock said another second) removes it, so the job leaves one run directory.
-    Several nodes need that directory on a shared filesystem: pass hydra.run.dir=/shared/..."""
-    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
-
-    dist.init_worker()
-    try:
-        decided_dir, config = dist.broadcast_object((str(run_dir), config))
-        if dist.is_main():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
-            if str(config["trainer"]["devices"]) != "1" or config["trainer"]["gpus_per_job"]:
-                log.warning("trainer.devices/gpus_per_job ignored: torchrun started the workers")
-        else:
-            _quiet_secondary_rank()
-            extra_dir = Path(decided_dir).resolve() != run_dir.resolve()
-            if extra_dir and not _remove_unstarted_run_dir(run_dir) and run_dir.is_dir():
-                log.warning("%s: not removed (it holds more than Hydra's files)", run_dir)
-        dist.barrier()
-        return train(OmegaConf.create(config), Path(decided_dir))["best_score"]
-    except BaseException as error:
-        ErrorHandler().record_exception(error)  # torchrun's error file: its summary shows it
-        raise
-    finally:
-        dist.shutdown()
-
-
-def ddp_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The training forward pass; DDP's unused-parameter failure becomes a one-line fix."""
-    try:
-        return model(images)
-    except RuntimeError as e:
-        if "find_unused_parameters" not in str(e):
-            raise
-        raise PodiumError(
-            "the model has parameters that get no gradient (e.g. encoder stages beyond "
-            "model.kwargs.encoder_depth), which DDP cannot reduce: set "
-            "trainer.find_unused_parameters=true"
-        ) from None
-
-
-def _log_setup() -> tuple[str | None, str | None]:
-    """(log file, format) of this process's root logger (Hydra's), for rank 0 to reuse."""
-    log_file = fmt = None
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            log_file = handler.baseFilename
-        if handler.formatter is not None and fmt is None:
-            fmt = handler.formatter._fmt
-    return log_file, fmt
-
-
-def _configure_worker_logging(log_file: str | None, fmt: str | None) -> None:
-    """Rank 0 logs INFO to the console and the run's log file; other ranks only warnings."""
-    fmt = fmt or "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-    root = logging.getLogger()
-    console = logging.StreamHandler()
-    if dist.is_main():
-        root.setLevel(logging.INFO)
-        handlers: list[logging.Handler] = [console]
-        if log_file:
-            handlers.append(logging.FileHandler(log_file))  # appends after the parent's lines
-    else:
-        root.setLevel(logging.WARNING)
-        fmt = f"[rank {dist.rank()}]{fmt}"
-        handlers = [console]
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter(fmt))
-        root.addHandler(handler)
-
-
-def _quiet_secondary_rank() -> None:
-    """Under torchrun every rank has Hydra's handlers: keep rank 0's log file the only one."""
-    root = logging.getLogger()
-    root.setLevel(logging.WARNING)
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-        root.removeHandler(handler)
-        handler.close()
-
-
-STARTUP_FILES = {".hydra", "config.yaml", "tb", "metrics.csv"}  # and *.log
-
-
-def _remove_unstarted_run_dir(path: Path) -> bool:
-    """Remove a run directory that holds only what Hydra and podium write before the first
-    checkpoint (a run that never got anywhere would otherwise be picked up by `runs=[...]`
-    globs). Anything else in it, e.g. a checkpoint, keeps it. True if it was removed."""
-    entries = list(path.iterdir()) if path.is_dir() else []
-    if path.is_dir() and all(e.name in STARTUP_FILES or e.suffix == ".log" for e in entries):
-        shutil.rmtree(path, ignore_errors=True)
-        return True
-    return False
