@@ -158,3 +158,46 @@ def test_experiment_names_leave_out_the_replicate_and_non_result_keys():
     assert non_result | REPLICATE_KEYS | {"paths"} <= excluded
     assert all(key in REPLICATE_KEYS or not changes_result(key) for key in excluded)
     assert changes_result("optimizer.lr") and changes_result("seed")
+
+
+# -- workspaces: found from the current folder upward; their files shadow the built-in ones ----
+def make_workspace(folder: Path) -> Path:
+    from podium.workspace import init_workspace
+
+    init_workspace(folder)
+    return folder
+
+
+def test_workspace_is_found_from_a_subfolder(tmp_path, monkeypatch):
+    monkeypatch.delenv("PODIUM_ROOT", raising=False)
+    workspace = make_workspace(tmp_path / "ws")
+    (workspace / "runs" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(workspace / "runs" / "deep")
+    cfg = compose_config("train")
+    assert Path(cfg.paths.data_dir) == workspace / "data"
+    assert Path(cfg.competition.data_dir) == workspace / "data" / "demo_shapes"
+
+
+def test_workspace_configs_and_competitions_shadow_the_built_in_ones(tmp_path, monkeypatch):
+    monkeypatch.delenv("PODIUM_ROOT", raising=False)
+    workspace = make_workspace(tmp_path / "ws")
+    model = (ROOT / "configs" / "model" / "unet.yaml").read_text()
+    (workspace / "configs" / "model").mkdir()
+    (workspace / "configs" / "model" / "unet.yaml").write_text(model.replace("Unet", "FPN", 1))
+    (workspace / "configs" / "model" / "mine.yaml").write_text(model.replace("Unet", "MAnet", 1))
+    demo = workspace / "competitions" / "demo_shapes"
+    demo.mkdir()
+    builtin = ROOT / "competitions" / "demo_shapes"
+    (demo / "adapter.py").write_text((builtin / "adapter.py").read_text())
+    (demo / "competition.yaml").write_text(
+        (builtin / "competition.yaml").read_text().replace("n_folds: 5", "n_folds: 3")
+    )
+    monkeypatch.chdir(workspace)
+    cfg = compose_config("train")
+    assert cfg.model.arch == "FPN"  # the workspace's model/unet.yaml replaces the built-in
+    assert cfg.competition.n_folds == 3 and Path(cfg.competition.dir) == demo
+    assert compose_config("train", ["model=mine"]).model.arch == "MAnet"  # and adds new ones
+    other = compose_config("train", ["competition=tgs-salt-identification-challenge"])
+    assert (
+        Path(other.competition.dir) == ROOT / "competitions" / "tgs-salt-identification-challenge"
+    )

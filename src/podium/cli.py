@@ -27,6 +27,7 @@ from podium.config import (
     register_competitions,
 )
 from podium.io import PodiumError
+from podium.workspace import workspace_root
 
 log = logging.getLogger("podium")
 
@@ -51,6 +52,7 @@ def usage() -> str:
     lines = ["usage: podium <command> [key=value ...] [-m]", "", "commands:"]
     lines += [f"  {name:<{width}}{spec[3]}" for name, spec in COMMANDS.items()]
     lines += [f"  {'demo':<{width}}the whole loop on the generated demo competition"]
+    lines += [f"  {'init':<{width}}make this folder a podium workspace (podium init [DIR])"]
     lines += [f"  {'new':<{width}}create competitions/SLUG from the template (podium new SLUG)"]
     lines += ["", "Every command takes Hydra overrides, e.g. podium train model.encoder=resnet34"]
     return "\n".join(lines)
@@ -63,10 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, args = argv[0], argv[1:]
     try:
+        if command == "init":
+            from podium.scaffold import init_command
+
+            return init_command(args)
+        workspace_root()  # every other command works in a workspace: say so now if there is none
         if command == "new":
             from podium.scaffold import new_command
 
-            return new_command(args) or 0
+            return new_command(args)
         if command == "demo":
             return run_demo(args)
         if command not in COMMANDS:

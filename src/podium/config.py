@@ -1,16 +1,18 @@
-"""Configuration: the project root, competition config registration, override checking, and
+"""Configuration: competition config registration, composing configs, override checking, and
 which config keys change what a run computes (`result_config`, `config_hash`).
 
-Hydra composes `configs/<command>.yaml` from groups. The `competition` group is special: its
-options are the folders of `competitions/` (each with a `competition.yaml`), registered in Hydra's
-ConfigStore at start-up, so a competition lives in one folder with its adapter.
+Hydra composes `configs/<command>.yaml` from groups: podium's built-in configs, with the
+workspace's `configs/` laid over them (see `hydra_plugins/podium_workspace`). The `competition`
+group is special: its options are the competition folders (built-in and the workspace's, each
+with a `competition.yaml`), registered in Hydra's ConfigStore at start-up, so a competition lives
+in one folder with its adapter. Where these folders are: `podium.workspace`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,9 +24,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from podium.io import PodiumError
+from podium.workspace import (
+    NotAWorkspace,
+    builtin_competitions,
+    builtin_configs,
+    workspace_root,
+)
 
 __all__ = [
-    "project_root",
     "config_dir",
     "register_competitions",
     "compose_config",
@@ -79,35 +86,38 @@ COMPETITION_DEFAULTS = {
 }
 
 
-def project_root() -> Path:
-    """The folder holding `configs/` and `competitions/`: $PODIUM_ROOT, else this checkout."""
-    env = os.environ.get("PODIUM_ROOT")
-    if env:
-        return Path(env).resolve()
-    return Path(__file__).resolve().parents[2]
-
-
 def config_dir() -> Path:
-    return project_root() / "configs"
+    """The built-in configs (a workspace's configs/ lies over them: hydra_plugins/)."""
+    return builtin_configs()
 
 
 if not OmegaConf.has_resolver("podium_root"):
-    OmegaConf.register_new_resolver("podium_root", lambda: str(project_root()))
+    OmegaConf.register_new_resolver("podium_root", lambda: str(workspace_root()))
 
 
-def register_competitions(competitions_dir: Path | None = None) -> list[str]:
-    """Register every `competitions/<name>/competition.yaml` as option <name> of the
-    `competition` config group. Folders starting with '_' (the template) are skipped."""
-    competitions_dir = competitions_dir or project_root() / "competitions"
+def competition_folders() -> dict[str, Path]:
+    """Every competition folder by name: the built-in ones, then the workspace's, which shadow
+    built-ins of the same name. Folders starting with '_' (the template) or '.' are skipped."""
+    roots = [builtin_competitions()]
+    # Outside a workspace: built-ins only (a command that needs one says so on its paths).
+    with contextlib.suppress(NotAWorkspace):
+        roots.append(workspace_root() / "competitions")
+    found: dict[str, Path] = {}
+    for root in roots:
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            if not folder.name.startswith(("_", ".")) and (folder / "competition.yaml").is_file():
+                found[folder.name] = folder
+    return found
+
+
+def register_competitions() -> list[str]:
+    """Register every competition folder as an option of the `competition` config group."""
     store = ConfigStore.instance()
-    names = []
-    for folder in sorted(competitions_dir.iterdir()) if competitions_dir.is_dir() else []:
-        config_file = folder / "competition.yaml"
-        if folder.name.startswith(("_", ".")) or not config_file.is_file():
-            continue
-        store.store(group="competition", name=folder.name, node=load_competition_yaml(config_file))
-        names.append(folder.name)
-    return names
+    folders = competition_folders()
+    for name, folder in folders.items():
+        config = load_competition_yaml(folder / "competition.yaml")
+        store.store(group="competition", name=name, node=config)
+    return list(folders)
 
 
 def load_competition_yaml(config_file: Path) -> DictConfig:

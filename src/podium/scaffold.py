@@ -16,10 +16,11 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from podium.config import ConfigError, compose_config, project_root
+from podium.config import ConfigError, compose_config
 from podium.io import PodiumError
+from podium.workspace import builtin_competitions, init_workspace, workspace_root
 
-__all__ = ["new_command", "create_competition", "infer_submission_format"]
+__all__ = ["init_command", "new_command", "create_competition", "infer_submission_format"]
 
 USAGE = "usage: podium new SLUG [--kaggle] [paths.data_dir=DIR]"
 TEMPLATE = "_template"
@@ -56,15 +57,37 @@ def new_command(args: list[str]) -> int:
     return 0
 
 
+def init_command(args: list[str]) -> int:
+    """`podium init [DIR]`: make DIR (default: here) a podium workspace."""
+    if any(a in ("-h", "--help") for a in args) or len(args) > 1:
+        print("usage: podium init [DIR]   (make DIR, default the current folder, a workspace)")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    folder = Path(args[0] if args else ".")
+    created = init_workspace(folder)
+    print(f"podium workspace: {folder.resolve()}")
+    for path in created:
+        print(f"  created {path.relative_to(folder.resolve())}")
+    print(
+        "next: podium demo (the whole loop on a generated competition), or podium new SLUG "
+        "--kaggle, then podium download competition=SLUG"
+    )
+    return 0
+
+
 def create_competition(slug: str, prefill: dict | None = None, root: Path | None = None) -> Path:
-    """Copy the template to `<root>/competitions/<slug>` with its placeholders filled from
-    `prefill` (see `infer_submission_format`). The folder appears whole or not at all."""
+    """Copy the template to `<root>/competitions/<slug>` (root: the workspace) with its
+    placeholders filled from `prefill` (see `infer_submission_format`). The folder appears whole
+    or not at all."""
     if not _SLUG.fullmatch(slug):
         raise ConfigError(
             f"podium new: '{slug}' is not a valid slug (lower-case letters, digits, '-' and '_')"
         )
-    competitions = (root or project_root()) / "competitions"
-    template, target = competitions / TEMPLATE, competitions / slug
+    competitions = (root or workspace_root()) / "competitions"
+    competitions.mkdir(parents=True, exist_ok=True)
+    # A workspace's own template shadows the built-in one.
+    template = competitions / TEMPLATE
+    template = template if template.is_dir() else builtin_competitions() / TEMPLATE
+    target = competitions / slug
     if not template.is_dir():
         raise PodiumError(f"{template}: template folder not found")
     if target.exists():
