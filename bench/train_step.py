@@ -25,6 +25,7 @@ import _common as bench
 import torch
 
 import podium.models
+import podium.run_state
 import podium.train
 from podium.competition import Competition, Sample
 from podium.config import compose_config
@@ -78,13 +79,18 @@ def podium_run(cfg, batches, warmup, measured, device, run_dir: Path) -> tuple[f
     loader = bench.TimedBatches(batches, warmup, measured, device)
     samples = 200 * len(batches[0]["image"])  # two folds: 100 steps' worth train (fixed, as
     # folds.csv is made once per data dir)
-    with patched(
-        podium.train,
-        load_competition=lambda c: InMemoryCompetition(c.competition, samples),
-        train_loader=lambda *_a, **_k: loader,
-        validate=no_validation,
-        save_checkpoint=lambda *_a, **_k: None,
-        resolve_device=lambda: device,
+    with (
+        patched(
+            podium.run_state,
+            load_competition=lambda c: InMemoryCompetition(c.competition, samples),
+        ),
+        patched(
+            podium.train,
+            train_loader=lambda *_a, **_k: loader,
+            validate=no_validation,
+            save_checkpoint=lambda *_a, **_k: None,
+            resolve_device=lambda: device,
+        ),
     ):
         podium.train.train(cfg, run_dir)
     return loader.images_per_s(), loader.images_per_s(robust=False), loader.page_faults()
@@ -106,10 +112,10 @@ def extras_cost(cfg, batch: dict, device, repeats: int) -> list[tuple[str, float
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     model = build_model(cfg.model, 1).to(device=device, memory_format=memory_format)
     counter = [0]
-    ema = podium.train.make_ema(model, tc.ema, tc.ema_warmup, counter)
-    optimizer = podium.train.build_optimizer(cfg.optimizer, model)
+    ema = podium.run_state.make_ema(model, tc.ema, tc.ema_warmup, counter)
+    optimizer = podium.run_state.build_optimizer(cfg.optimizer, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, podium.train.lr_schedule(cfg.scheduler, 1000, 100)
+        optimizer, podium.run_state.lr_schedule(cfg.scheduler, 1000, 100)
     )
     loss_fn = build_loss(cfg.loss, "binary")
     images = podium.models.to_input(batch["image"], model, device, memory_format)

@@ -97,7 +97,8 @@ def test_two_process_validation_equals_one_process_on_the_same_checkpoint(torchr
     from podium.data import SegmentationDataset, build_transforms, split_samples
     from podium.losses import build_loss
     from podium.models import load_run_model
-    from podium.train import Compute, validate
+    from podium.run_state import Compute
+    from podium.train import validate
 
     model, cfg = load_run_model(torchrun_run)
     competition = load_competition(cfg)

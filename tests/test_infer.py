@@ -13,15 +13,16 @@ import torch
 from conftest import TINY_DEMO, TINY_TRAIN, run_podium
 from omegaconf import OmegaConf
 
-from podium import cli, infer, ledger
+from podium import cli, infer, ledger, rundir, tune
 from podium.competition import Competition, Sample
 from podium.config import COMPETITION_DEFAULTS, compose_config
 from podium.data import SegmentationDataset, make_loader
-from podium.infer import PostProcess, remove_small_components, tune_postprocess
 from podium.io import PodiumError
 from podium.metrics import dice
+from podium.postprocess import PostProcess, remove_small_components
+from podium.rundir import write_oof
 from podium.submission import write_submission
-from podium.train import write_oof
+from podium.tune import tune_postprocess
 
 
 # -- post-processing ----------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def fake_run(folder: Path, fold: int, probs, masks, ids) -> Path:
     folder.mkdir(parents=True)
     cfg = {"fold": fold, "competition": {"name": "demo_shapes", "image_size": None}}
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    write_oof(folder / "oof.npz", [Sample(id=i, image=Path(i)) for i in ids], probs, masks)
+    write_oof(folder, ids, probs, masks)
     return folder
 
 
@@ -117,8 +118,8 @@ def test_tune_command_saves_the_gain_and_predict_finds_it(tmp_path, caplog):
         "tune", [f"paths.runs_dir={runs_dir}", "runs=[f*]", "search.min_areas=[0,3]"]
     )
     tune_dir = runs_dir / "demo_shapes" / "t1_tune"
-    with caplog.at_level("INFO", logger="podium.infer"):
-        score = infer.tune(cfg, tune_dir)
+    with caplog.at_level("INFO", logger="podium.tune"):
+        score = tune.tune_command(cfg, tune_dir)
     tuned = json.loads((tune_dir / "tuned.json").read_text())
     assert tuned["images"] == 16 and tuned["postprocess"]["min_area"] == 3
     assert tuned["gain"] == pytest.approx(score - tuned["default_score"]) and tuned["gain"] > 0.3
@@ -130,6 +131,29 @@ def test_tune_command_saves_the_gain_and_predict_finds_it(tmp_path, caplog):
     assert found["path"] == str(tune_dir / "tuned.json")
     assert postprocess == PostProcess(**tuned["postprocess"])
     assert infer.find_tuned(predict_cfg, runs[:1]) == (PostProcess(), None)
+
+
+def test_predict_finds_a_tuning_made_anywhere(tmp_path):
+    """`podium tune ... hydra.run.dir=ELSEWHERE` used to be missed (predict scanned only
+    <runs_dir>/<competition>/*/tuned.json): the tuning is recorded with the runs it tuned."""
+    runs_dir = tmp_path / "runs"
+    probs, masks = constructed_oof(1, count=8)
+    ids = [f"im{i}" for i in range(8)]
+    runs = [fake_run(runs_dir / "demo_shapes" / "f0", 0, probs, masks, ids)]
+    cfg = compose_config("tune", [f"paths.runs_dir={runs_dir}", "runs=[f0]"])
+    elsewhere = tmp_path / "somewhere" / "else"
+    tune.tune_command(cfg, elsewhere)
+    tuned = json.loads((elsewhere / "tuned.json").read_text())
+    predict_cfg = compose_config("predict", [f"paths.runs_dir={runs_dir}"])
+    postprocess, found = infer.find_tuned(predict_cfg, runs)
+    assert postprocess == PostProcess(**tuned["postprocess"]) != PostProcess()
+    assert found["path"] == str(elsewhere / "tuned.json")
+    # A later tuning of the same runs wins; a different ensemble finds none.
+    later = compose_config("tune", [f"paths.runs_dir={runs_dir}", "runs=[f0]", "search.rounds=1"])
+    tune.tune_command(later, tmp_path / "later")
+    assert infer.find_tuned(predict_cfg, runs)[1]["path"] == str(tmp_path / "later" / "tuned.json")
+    other = fake_run(runs_dir / "demo_shapes" / "f1", 1, probs, masks, ids)
+    assert infer.find_tuned(predict_cfg, [*runs, other]) == (PostProcess(), None)
 
 
 def test_runs_come_from_globs_weights_and_the_ledger(tmp_path):
@@ -149,7 +173,7 @@ def test_runs_come_from_globs_weights_and_the_ledger(tmp_path):
         ledger.append(ledger.ledger_path(runs_dir, "demo_shapes"), record)
 
     def resolve(*overrides):
-        return infer.resolve_runs(
+        return rundir.resolve_runs(
             compose_config("predict", [f"paths.runs_dir={runs_dir}", *overrides])
         )
 

@@ -150,6 +150,6 @@ def test_train_without_data_says_to_download_it(tmp_path, capsys):
 def test_cpu_training_keeps_freed_memory_on_glibc():
     import platform
 
-    from podium.train import retain_freed_memory
+    from podium.run_state import retain_freed_memory
 
     assert retain_freed_memory() == (platform.libc_ver()[0] == "glibc")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from podium import rundir
 from podium.config import (
     ConfigError,
     check_overrides,
@@ -35,8 +36,13 @@ log = logging.getLogger("podium")
 COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "download": ("tools", "podium.download:download_command", False, "get a competition's data"),
     "train": ("train", "podium.launch:main", True, "train one model (a fold, a seed)"),
-    "tune": ("tune", "podium.infer:tune", True, "tune post-processing on out-of-fold predictions"),
-    "predict": ("predict", "podium.infer:predict", True, "ensemble runs on the test set"),
+    "tune": (
+        "tune",
+        "podium.tune:tune_command",
+        True,
+        "tune post-processing on out-of-fold predictions",
+    ),
+    "predict": ("predict", "podium.infer:predict_command", True, "ensemble runs on the test set"),
     "validate": ("tools", "podium.submission:validate_command", False, "check a submission file"),
     "score": ("tools", "podium.submission:score_command", False, "score a submission locally"),
     "submit": ("tools", "podium.kaggle:submit_command", False, "validate, then submit to Kaggle"),
@@ -120,8 +126,8 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
     resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
     if resume:
         resume_dir = Path(resume).resolve()
-        if not (resume_dir / "config.yaml").is_file():
-            raise ConfigError(f"resume={resume}: not a run directory (no config.yaml there)")
+        if not rundir.is_run(resume_dir):
+            raise ConfigError(f"resume={resume}: not a run directory (no {rundir.CONFIG} there)")
         args = [a for a in args if not a.startswith("resume=")]
         args += [f"resume={resume_dir}", f"hydra.run.dir={resume_dir}"]
         overrides = [a for a in args if not a.startswith("-")]

@@ -23,6 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from podium import rundir
 from podium.io import PodiumError
 from podium.workspace import (
     NotAWorkspace,
@@ -218,11 +219,9 @@ NON_RESULT_KEYS = frozenset(
         "trainer.num_workers",
         "trainer.progress",
         "trainer.log_every",
-        # how the processes are started. The process count does change the global batch, but
-        # torchrun's never appears in the config: summary.json's world_size and global_batch
-        # record it for every run.
-        "trainer.devices",
-        "trainer.gpus_per_job",
+        # how DDP finds gradients. The process count itself (trainer.devices, gpus_per_job)
+        # does count: it multiplies the global batch. torchrun's count never appears in the
+        # config; summary.json's world_size and global_batch record it for every run.
         "trainer.find_unused_parameters",
     }
 )
@@ -271,7 +270,7 @@ def prepare_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if cfg.get("resume"):
-        saved = OmegaConf.load(run_dir / "config.yaml")
+        saved = rundir.read_config(run_dir)
         OmegaConf.set_struct(saved, False)
         for override in OverridesParser.create().parse_overrides(task_overrides):
             key = override.key_or_group

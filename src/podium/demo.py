@@ -7,11 +7,11 @@ This module only plans: `plan` returns the commands; the CLI runs them one by on
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from podium import rundir
 from podium.config import compose_config
 
 __all__ = ["DemoPlan", "plan", "summary"]
@@ -61,7 +61,7 @@ def plan(args: list[str]) -> DemoPlan:
 
 def summary(demo: DemoPlan, seconds: float) -> str:
     """What the demo did: its time, each fold's validation Dice, where the submission is."""
-    scores = [json.loads((d / "summary.json").read_text())["best_score"] for d in demo.fold_dirs]
+    scores = [rundir.read_summary(d)["best_score"] for d in demo.fold_dirs]
     lines = [f"demo finished in {seconds:.0f} s, runs in {demo.demo_dir}"]
     for fold, score in zip(FOLDS, scores, strict=True):
         lines.append(f"  fold {fold}: validation dice {score:.4f}")

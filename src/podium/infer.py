@@ -1,5 +1,5 @@
-"""Inference: TTA, fold/seed ensembles, tiled prediction, OOF-tuned post-processing and streaming
-submissions — `podium predict` and `podium tune`.
+"""Inference: TTA, fold/seed ensembles, tiled prediction, post-processing and streaming
+submissions — `podium predict` (`podium tune`, which chooses the post-processing, is podium.tune).
 
 The pieces, each usable on its own:
 
@@ -8,22 +8,19 @@ The pieces, each usable on its own:
     tile_starts, tile_window,       overlapping tiles with a smooth weight window, merged and
       predict_tiled                   cropped exactly to the image
     PostProcess                     threshold, small-component removal, empty-mask rule
-    tune_postprocess                coordinate search of PostProcess against the metric on OOF
     predict_rows                    test set -> submission rows, lazily (a generator)
 
 Probabilities, not logits, are averaged (over views, then over models): with logits one
 over-confident view outvotes the rest (+12 against three views at -1 still says "yes"), and
 models trained with different losses have logits on different scales.
 
-Tuned values live in `tuned.json` in the `podium tune` run directory. `podium predict` reads
-`tuned=PATH` (the file or its run directory), or with `tuned=auto` the newest
-`<paths.runs_dir>/<competition>/*/tuned.json` tuned on exactly the same runs; `tuned=null` uses
-the `threshold`, `min_area` and `empty_area` given on the command line.
+`podium predict` post-processes with what `podium tune` chose for exactly its runs (recorded
+with the runs: podium.rundir), or `tuned=PATH`, or with `tuned=null` the `threshold`, `min_area`
+and `empty_area` given on the command line.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import time
@@ -33,31 +30,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from podium import io, ledger, submission
+from podium import io, rundir, submission
 from podium.competition import Competition, Sample, load_competition
 from podium.data import (
     SegmentationDataset,
-    load_or_make_folds,
     make_loader,
     resolve_num_workers,
-    split_samples,
 )
 from podium.io import PodiumError
 from podium.models import (
-    binarize,
     load_run_model,
     predict_logits,
     probabilities,
     resolve_device,
     resolve_precision,
 )
+from podium.postprocess import PostProcess
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +64,11 @@ __all__ = [
     "tile_starts",
     "tile_window",
     "predict_tiled",
-    "PostProcess",
-    "remove_small_components",
-    "tune_postprocess",
     "predict_batch",
     "predict_rows",
-    "quantize",
-    "resolve_runs",
     "find_tuned",
-    "predict",
-    "tune",
+    "load_ensemble",
+    "predict_command",
 ]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -274,109 +263,6 @@ def predict_tiled(
 
 
 # =============================================================================================
-# Post-processing
-@dataclass(frozen=True)
-class PostProcess:
-    """Probabilities -> the hard mask a submission encodes.
-
-    threshold: binarisation threshold (binary, multilabel; multiclass takes the argmax).
-    min_area: connected components (8-connected) smaller than this many pixels are removed.
-    empty_area: a mask (per class) left with fewer pixels than this becomes empty.
-    Areas are pixels at the resolution the mask is made at, times `area_scale`.
-    """
-
-    threshold: float = 0.5
-    min_area: float = 0
-    empty_area: float = 0
-
-    def __call__(self, probs: np.ndarray, task: str, area_scale: float = 1.0) -> np.ndarray:
-        hard = binarize(probs, task, self.threshold)
-        min_area, empty_area = self.min_area * area_scale, self.empty_area * area_scale
-        if min_area <= 1 and empty_area <= 0:
-            return hard
-        if task == "binary":
-            return self._clean(hard, min_area, empty_area)
-        if task == "multilabel":
-            return np.stack([self._clean(channel, min_area, empty_area) for channel in hard])
-        out = hard.copy()
-        for class_id in np.unique(hard):
-            if class_id == 0:
-                continue
-            region = hard == class_id
-            out[region & ~self._clean(region, min_area, empty_area).astype(bool)] = 0
-        return out
-
-    @staticmethod
-    def _clean(mask: np.ndarray, min_area: float, empty_area: float) -> np.ndarray:
-        mask = remove_small_components(mask, min_area) if min_area > 1 else mask.astype(np.uint8)
-        if empty_area > 0 and int(mask.sum()) < empty_area:
-            return np.zeros_like(mask)
-        return mask
-
-
-def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
-    """`mask` (HxW) without its 8-connected components of fewer than `min_area` pixels."""
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if count <= 1:
-        return mask
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
-    keep[0] = False  # the background
-    return keep[labels].astype(np.uint8)
-
-
-@dataclass
-class TuneResult:
-    best: PostProcess
-    score: float
-    default_score: float
-    evaluations: int
-
-
-def tune_postprocess(
-    items: Sequence[tuple[np.ndarray, np.ndarray]],
-    score_image: Callable[[np.ndarray, np.ndarray], float],
-    task: str,
-    start: PostProcess,
-    thresholds: Sequence[float],
-    min_areas: Sequence[float],
-    empty_areas: Sequence[float],
-    rounds: int = 3,
-) -> TuneResult:
-    """Search PostProcess on (probabilities CxHxW in [0, 1], truth) pairs for the best mean
-    `score_image`: threshold, then min_area, then empty_area, repeated until a pass changes
-    nothing (at most `rounds`). A value replaces the current one only if it scores strictly
-    higher, so ties keep the defaults."""
-
-    def evaluate(pp: PostProcess) -> float:
-        return float(np.mean([score_image(pp(probs, task), truth) for probs, truth in items]))
-
-    axes = [("min_area", min_areas), ("empty_area", empty_areas)]
-    if task != "multiclass":  # the argmax ignores the threshold
-        axes.insert(0, ("threshold", thresholds))
-    scores = {start: evaluate(start)}
-    best = start
-    for _ in range(rounds):
-        before = best
-        for name, grid in axes:
-            for value in grid:
-                candidate = replace(best, **{name: value})
-                if candidate not in scores:
-                    scores[candidate] = evaluate(candidate)
-                if scores[candidate] > scores[best] + 1e-12:
-                    best = candidate
-        if best == before:
-            break
-    return TuneResult(best, scores[best], scores[start], len(scores))
-
-
-def area_grid(median_area: float, steps: int = 12) -> list[float]:
-    """0 and `steps` sizes from 0.01% to 2% of the median image area (pixels, rounded)."""
-    sizes = np.geomspace(max(1.0, median_area * 1e-4), max(2.0, median_area * 0.02), steps)
-    return [0.0, *sorted({float(round(s)) for s in sizes})]
-
-
-# =============================================================================================
 # Streaming prediction
 def predict_batch(
     ensemble: Forward,
@@ -403,11 +289,6 @@ def predict_batch(
         for j, i in enumerate(indices):
             out[i] = probs[j]
     return out
-
-
-def quantize(probs: torch.Tensor) -> torch.Tensor:
-    """Probabilities as uint8 p x 255, rounded (as `train.write_oof` stores them)."""
-    return probs.float().mul(255.0).round_().to(torch.uint8)
 
 
 def predict_rows(
@@ -447,7 +328,7 @@ def predict_rows(
                 ensemble, batch["image"], batch["sizes"].tolist(), tile_size, tile_overlap,
                 tile_batch,
             )  # fmt: skip
-            probs = [quantize(p).cpu().numpy() for p in probs]
+            probs = [rundir.quantize(p).cpu().numpy() for p in probs]
             pending.append(pool.submit(finish, batch["index"].tolist(), probs))
             while len(pending) > 1:
                 yield from pending.popleft().result()
@@ -456,104 +337,39 @@ def predict_rows(
 
 
 # =============================================================================================
-# Runs and tuned values
-def resolve_runs(cfg: DictConfig) -> list[tuple[Path, float]]:
-    """(run directory, ensemble weight) of every run named by `runs` and `runs_of`.
-
-    `runs` entries are directories or globs, relative to the working directory or else to
-    `<paths.runs_dir>/<competition>`; `run_weights` gives one weight per entry (a glob's runs
-    share it). `runs_of=E` adds every run the competition's ledger records under
-    experiment_name E (the latest of each fold and seed), with weight 1."""
-    competition = cfg.competition.name
-    base = Path(cfg.paths.runs_dir) / competition
-    entries = [str(e) for e in (cfg.get("runs") or [])]
-    weights = cfg.get("run_weights")
-    if weights is not None and len(weights) != len(entries):
-        raise PodiumError(f"run_weights: {len(weights)} weights for {len(entries)} entries of runs")
-    found: dict[Path, float] = {}
-    for i, entry in enumerate(entries):
-        matches = _match_runs(entry, base)
-        if not matches:
-            raise PodiumError(f"runs: '{entry}' names no run directory (none with a config.yaml)")
-        for path in matches:
-            found.setdefault(path, 1.0 if weights is None else float(weights[i]))
-    if cfg.get("runs_of"):
-        for path in _experiment_runs(str(cfg.runs_of), Path(cfg.paths.runs_dir), competition):
-            found.setdefault(path, 1.0)
-    if not found:
-        raise PodiumError(
-            "no runs given: set runs=[RUN_DIR,...] (globs work) or runs_of=EXPERIMENT"
-        )
-    for path in found:
-        trained_on = OmegaConf.load(path / "config.yaml").competition.name
-        if trained_on != competition:
-            raise PodiumError(
-                f"{path}: trained on competition {trained_on}, not {competition} "
-                f"(add competition={trained_on})"
-            )
-    return list(found.items())
-
-
-def _match_runs(entry: str, base: Path) -> list[Path]:
-    given = Path(entry).expanduser()
-    for root in (Path.cwd(), base):
-        pattern = str(given if given.is_absolute() else root / given)
-        paths = sorted(Path(p).resolve() for p in glob.glob(pattern))
-        runs = [p for p in paths if (p / "config.yaml").is_file()]
-        if runs:
-            return runs
-    return []
-
-
-def _experiment_runs(experiment: str, runs_dir: Path, competition: str) -> list[Path]:
-    path = ledger.ledger_path(runs_dir, competition)
-    latest: dict[tuple, Path] = {}
-    for record in ledger.read(path):
-        if record.get("kind") != "run" or record.get("experiment_name") != experiment:
-            continue
-        run_dir = Path(record.get("run_dir", ""))
-        if (run_dir / "config.yaml").is_file():
-            latest[(record.get("fold"), record.get("seed"))] = run_dir.resolve()
-    if not latest:
-        raise PodiumError(f"runs_of={experiment}: no runs of that experiment in {path}")
-    return sorted(latest.values())
-
-
+# Tuned values
 def find_tuned(cfg: DictConfig, runs: Sequence[Path]) -> tuple[PostProcess, dict | None]:
-    """The post-processing for `predict` and the tuned.json it came from (None: defaults)."""
+    """The post-processing for `predict`, and the tuning it came from (None: the defaults).
+
+    `tuned=auto`: what `podium tune` recorded with exactly these runs (see podium.rundir),
+    wherever the tune command's own folder is; `tuned=PATH`: that tuned.json (or its folder);
+    `tuned=null`: threshold, min_area and empty_area as given."""
     defaults = PostProcess(float(cfg.threshold), float(cfg.min_area), float(cfg.empty_area))
     choice = cfg.get("tuned", "auto")
     if choice is None:
         return defaults, None
     if choice == "auto":
-        wanted = sorted(str(r) for r in runs)
-        folder = Path(cfg.paths.runs_dir) / cfg.competition.name
-        candidates = sorted(folder.glob("*/tuned.json"), key=lambda p: p.stat().st_mtime)
-        for path in reversed(candidates):
-            try:
-                tuned = io.read_json(path)
-            except ValueError:
-                log.warning("%s: not valid JSON, skipped", path)
-                continue
-            if sorted(tuned.get("runs", [])) == wanted:
-                return _postprocess_from(tuned, path), tuned | {"path": str(path)}
-        log.warning(
-            "no tuned.json for these runs (run `podium tune` with the same runs); using "
-            "threshold=%s min_area=%s empty_area=%s", defaults.threshold, defaults.min_area,
-            defaults.empty_area,
-        )  # fmt: skip
-        return defaults, None
+        found = rundir.find_tuning(runs)
+        if found is None:
+            log.warning(
+                "no tuning recorded for these runs (run `podium tune` with the same runs); "
+                "using threshold=%s min_area=%s empty_area=%s",
+                defaults.threshold, defaults.min_area, defaults.empty_area,
+            )  # fmt: skip
+            return defaults, None
+        tuned, path = found
+        return _postprocess_from(tuned, path), {"path": str(path)} | tuned
     path = Path(str(choice)).expanduser()
-    path = path / "tuned.json" if path.is_dir() else path
+    path = path / rundir.TUNED if path.is_dir() else path
     if not path.is_file():
-        raise PodiumError(f"tuned={choice}: no tuned.json there")
+        raise PodiumError(f"tuned={choice}: no {rundir.TUNED} there")
     try:
         tuned = io.read_json(path)
     except ValueError as e:
         raise PodiumError(f"{path}: not valid JSON ({e})") from None
     if sorted(tuned.get("runs", [])) != sorted(str(r) for r in runs):
         log.warning("%s was tuned on other runs than these", path)
-    return _postprocess_from(tuned, path), tuned | {"path": str(path)}
+    return _postprocess_from(tuned, path), {"path": str(path)} | tuned
 
 
 def _postprocess_from(tuned: dict, path: Path) -> PostProcess:
@@ -565,13 +381,13 @@ def _postprocess_from(tuned: dict, path: Path) -> PostProcess:
 
 # =============================================================================================
 # The commands
-def predict(cfg: DictConfig, run_dir: Path) -> float | None:
+def predict_command(cfg: DictConfig, run_dir: Path) -> float | None:
     """`podium predict`: ensemble the runs on the test set into `run_dir/submission.csv`, then
     validate it (and score it when the competition has a local solution)."""
     t_start = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
     competition = load_competition(cfg)
-    runs = resolve_runs(cfg)
+    runs = rundir.resolve_runs(cfg)
     postprocess, tuned = find_tuned(cfg, [path for path, _ in runs])
     tta = cfg.tta or (tuned or {}).get("tta") or "none"
     if tuned and tuned.get("tta") and tuned["tta"] != tta:
@@ -579,7 +395,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     views = tta_views(tta, cfg.tta_scales)
     device = resolve_device()
     precision = resolve_precision(str(cfg.precision), device)
-    ensemble = _load_ensemble(cfg, runs, competition.task, views, device, precision)
+    ensemble = load_ensemble(cfg, runs, competition.task, views, device, precision)
     if cfg.tile_size and any(ensemble.input_sizes):
         raise PodiumError(
             "tile_size: the runs were trained on resized images (competition.image_size); "
@@ -627,14 +443,14 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
         "duration_s": round(time.time() - t_start, 1),
         "local_score": score,
     }
-    io.write_json(run_dir / "predict.json", summary)
+    io.write_json(run_dir / rundir.PREDICTED, summary)
     log.info("wrote %s (%d rows, %s images/s)", path, n_rows, summary["images_per_s"])
     if score is not None:
         log.info("local %s of the submission: %.4f", cfg.competition.metric, score)
     return score
 
 
-def _load_ensemble(cfg, runs, task, views, device, precision) -> Ensemble:
+def load_ensemble(cfg, runs, task, views, device, precision) -> Ensemble:
     models, sizes = [], []
     checkpoint, weights = str(cfg.checkpoint), str(cfg.weights)
     if checkpoint not in ("best", "last"):
@@ -666,145 +482,3 @@ def _local_score(competition: Competition, path: Path) -> float | None:
     if solution is None or not Path(solution).is_file():
         return None
     return float(submission.score_submission(competition, path, solution))
-
-
-def tune(cfg: DictConfig, run_dir: Path) -> float:
-    """`podium tune`: search the post-processing on the runs' out-of-fold predictions (never
-    the test set), log the gain over the defaults and save `run_dir/tuned.json`."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    competition = load_competition(cfg)
-    runs = resolve_runs(cfg)
-    defaults = PostProcess(float(cfg.threshold), float(cfg.min_area), float(cfg.empty_area))
-    search = cfg.search
-    candidates = list(cfg.tta_candidates or [None])
-    results = {}
-    for tta in candidates:
-        if tta is None:
-            items, area_basis = oof_from_files(runs, competition.task)
-            source = "oof.npz"
-        else:
-            items, area_basis = oof_by_prediction(cfg, competition, runs, str(tta))
-            source = f"validation folds predicted with tta={tta}"
-        median_area = float(np.median([truth.shape[-2] * truth.shape[-1] for _, truth in items]))
-        thresholds = (
-            [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)]
-            if search.thresholds == "auto"
-            else [float(t) for t in search.thresholds]
-        )
-        min_areas = area_grid(median_area) if search.min_areas == "auto" else search.min_areas
-        empty_areas = area_grid(median_area) if search.empty_areas == "auto" else search.empty_areas
-        result = tune_postprocess(
-            items, competition.score_image, competition.task, defaults, thresholds,
-            [float(a) for a in min_areas], [float(a) for a in empty_areas], int(search.rounds),
-        )  # fmt: skip
-        log.info(
-            "OOF %s on %d images (%s): defaults %s -> %.4f; tuned %s -> %.4f (gain %+.4f, "
-            "%d settings tried)", cfg.competition.metric, len(items), source,
-            _describe(defaults), result.default_score, _describe(result.best), result.score,
-            result.score - result.default_score, result.evaluations,
-        )  # fmt: skip
-        results[tta] = (result, area_basis, len(items))
-    best_tta = max(results, key=lambda t: results[t][0].score)
-    result, area_basis, n_images = results[best_tta]
-    tuned = {
-        "competition": competition.name,
-        "metric": cfg.competition.metric,
-        "runs": [str(p) for p, _ in runs],
-        "run_weights": [w for _, w in runs],
-        "images": n_images,
-        "postprocess": asdict(result.best),
-        "tta": best_tta,
-        "area_basis": area_basis,
-        "default": asdict(defaults),
-        "default_score": result.default_score,
-        "tuned_score": result.score,
-        "gain": result.score - result.default_score,
-        "by_tta": {str(t): r[0].score for t, r in results.items()} if best_tta else None,
-    }
-    io.write_json(run_dir / "tuned.json", tuned)
-    log.info(
-        "saved %s: %s%s (OOF gain %+.4f)", run_dir / "tuned.json", _describe(result.best),
-        f", tta={best_tta}" if best_tta else "", tuned["gain"],
-    )  # fmt: skip
-    return result.score
-
-
-def _describe(pp: PostProcess) -> str:
-    return f"threshold={pp.threshold:g} min_area={pp.min_area:g} empty_area={pp.empty_area:g}"
-
-
-def oof_from_files(
-    runs: Sequence[tuple[Path, float]], task: str
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int] | None]:
-    """(probabilities, truth) per out-of-fold image from the runs' oof.npz files: folds are
-    concatenated, runs covering the same image (seeds) averaged with their weights. Also the
-    resolution the OOF is at when the runs resized images (competition.image_size)."""
-    accumulated: dict[str, list] = {}
-    sizes = set()
-    for path, weight in runs:
-        file = path / "oof.npz"
-        if not file.is_file():
-            raise PodiumError(f"{file}: no out-of-fold predictions (trainer.save_oof=false?)")
-        image_size = OmegaConf.load(path / "config.yaml").competition.get("image_size")
-        sizes.add(tuple(image_size) if image_size else None)
-        with np.load(file) as oof:
-            for i, image_id in enumerate(oof["ids"].tolist()):
-                probs = oof[f"prob_{i}"].astype(np.float32) / 255.0
-                _accumulate(accumulated, image_id, probs, oof[f"mask_{i}"], weight, file)
-    if len(sizes) > 1:
-        raise PodiumError(
-            "runs: trained at different competition.image_size; tune them separately or with "
-            "tta_candidates (which predicts at the native size)"
-        )
-    basis = next(iter(sizes))
-    return _averaged(accumulated, task), list(basis) if basis else None
-
-
-def oof_by_prediction(
-    cfg: DictConfig, competition: Competition, runs: Sequence[tuple[Path, float]], tta: str
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], None]:
-    """(probabilities, truth) per out-of-fold image, predicted now: each run's model on its own
-    validation fold, with TTA set `tta`, at the native resolution (like `predict`)."""
-    device = resolve_device()
-    precision = resolve_precision(str(cfg.precision), device)
-    views = tta_views(tta, cfg.tta_scales)
-    samples = competition.train_samples()
-    accumulated: dict[str, list] = {}
-    for path, weight in runs:
-        ensemble = _load_ensemble(cfg, [(path, 1.0)], competition.task, views, device, precision)
-        run_cfg = OmegaConf.load(path / "config.yaml")
-        folds = load_or_make_folds(
-            samples, competition.data_dir / "folds.csv", int(run_cfg.competition.n_folds),
-            int(run_cfg.competition.folds_seed),
-        )  # fmt: skip
-        _, val_samples = split_samples(samples, folds, int(run_cfg.fold))
-        dataset = SegmentationDataset(competition, val_samples, transform=None)
-        loader = make_loader(dataset, int(cfg.batch_size), resolve_num_workers(cfg.num_workers))
-        for batch in tqdm(loader, desc=f"oof {path.name}", disable=not cfg.progress):
-            sizes = batch["sizes"].tolist()
-            probs = predict_batch(ensemble, batch["image"], sizes, cfg.tile_size,
-                                  float(cfg.tile_overlap), int(cfg.batch_size))  # fmt: skip
-            for j, (index, (h, w)) in enumerate(zip(batch["index"].tolist(), sizes, strict=True)):
-                truth = batch["mask"][j, ..., :h, :w].numpy()
-                p = quantize(probs[j]).cpu().numpy() / np.float32(255.0)  # as in oof.npz
-                _accumulate(accumulated, val_samples[index].id, p, truth, weight, path)
-    return _averaged(accumulated, competition.task), None
-
-
-def _accumulate(accumulated: dict, image_id: str, probs, mask, weight: float, source) -> None:
-    if image_id not in accumulated:
-        accumulated[image_id] = [probs * weight, weight, mask]
-        return
-    entry = accumulated[image_id]
-    if entry[0].shape != probs.shape:
-        raise PodiumError(f"{source}: image {image_id} has another size than in the other runs")
-    entry[0] += probs * weight
-    entry[1] += weight
-
-
-def _averaged(accumulated: dict, task: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    items = []
-    for summed, weight, mask in accumulated.values():
-        truth = mask[0] if task == "binary" else mask  # binary targets are 1xHxW
-        items.append((summed / max(weight, 1e-12), truth))
-    return items

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from podium import distributed as dist
-from podium import io
+from podium import rundir
 from podium.train import train
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def main(cfg: DictConfig, run_dir: Path) -> float | None:
     if dist.inside_launcher():
         return join_launched_job(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    rundir.write_config(run_dir, config)
     try:
         return _train_here_or_in_workers(cfg, config, run_dir)
     except BaseException:
@@ -81,7 +81,7 @@ def join_launched_job(config: dict, run_dir: Path) -> float | None:
         decided_dir, config = dist.broadcast_object((str(run_dir), config))
         if dist.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
-            io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+            rundir.write_config(run_dir, config)
             if str(config["trainer"]["devices"]) != "1" or config["trainer"]["gpus_per_job"]:
                 log.warning("trainer.devices/gpus_per_job ignored: torchrun started the workers")
         else:
@@ -137,7 +137,7 @@ def _quiet_secondary_rank() -> None:
         handler.close()
 
 
-STARTUP_FILES = {".hydra", "config.yaml", "tb", "metrics.csv"}  # and *.log
+STARTUP_FILES = {".hydra", rundir.CONFIG, rundir.TENSORBOARD, rundir.METRICS}  # and *.log
 
 
 def _remove_unstarted_run_dir(path: Path) -> bool:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from podium import distributed as dist
+from podium import rundir
 from podium.io import PodiumError
 
 log = logging.getLogger(__name__)
@@ -271,10 +272,7 @@ def binarize(probs: np.ndarray, task: str, threshold: float) -> np.ndarray:
 def load_run_model(run_dir: Path, checkpoint: str = "best", weights: str = "ema"):
     """(model, config) of a finished run, with its EMA (or raw) weights, in eval mode on CPU.
     No pretrained weights are fetched: the run's weights replace them anyway."""
-    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise PodiumError(f"{path}: no checkpoint (did the run finish an epoch?)")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = rundir.load_checkpoint(rundir.checkpoint_path(run_dir, checkpoint))
     cfg = OmegaConf.create(saved["config"])
     model_cfg = OmegaConf.merge(cfg.model, {"encoder_weights": None})
     competition_outputs = 1 if cfg.competition.task == "binary" else len(cfg.competition.classes)

@@ -3,67 +3,58 @@
 It runs unchanged in one process (CPU or GPU) and as one worker of a torch.distributed job:
 rank-dependent work goes through `podium.distributed`, and `podium.launch` starts the processes.
 
-Run directory (decided by podium.launch, before any worker starts):
-    config.yaml            resolved config
-    checkpoints/last.pt    everything needed to resume (model, EMA, optimizer, scheduler, scaler,
-    checkpoints/best.pt      RNG states, epoch, early-stopping state); best = best validation score
-    metrics.csv            one row per epoch
-    tb/                    TensorBoard events
-    oof.npz                out-of-fold probabilities of the best epoch (for tuning and ensembling)
-    summary.json           the run's facts for the ledger and write-ups
+The run directory (decided by podium.launch, before any worker starts) and its files:
+`podium.rundir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import dataclasses
 import logging
-import math
-import os
-import random
 import subprocess
 import time
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 import podium
 from podium import distributed as dist
-from podium import io
-from podium.competition import Competition, load_competition
+from podium import rundir
 from podium.config import config_hash
 from podium.data import (
     SegmentationDataset,
-    build_transforms,
-    load_or_make_folds,
     make_loader,
     resolve_num_workers,
-    split_samples,
 )
 from podium.io import PodiumError
-from podium.losses import build_loss
 from podium.models import (
     autocast,
     binarize,
-    build_model,
     probabilities,
     resolve_device,
-    resolve_precision,
     to_input,
 )
+from podium.run_state import (
+    Clock,
+    Compute,
+    TrainData,
+    TrainState,
+    build_train_state,
+    load_data,
+    make_checkpoint,
+    restore_checkpoint,
+    retain_freed_memory,
+    seed_everything,
+)
+from podium.rundir import quantize, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "Compute", "TrainData", "Progress", "TrainState", "validate", "write_oof"]
+__all__ = ["train", "validate"]
 
 METRICS_COLUMNS = [
     "epoch",
@@ -98,7 +89,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         records.start(data, run.compute)
 
     # -- the loop: train an epoch, validate, checkpoint, stop early ---------------------------
-    max_epochs, status, checkpoints = int(tc.max_epochs), "finished", run_dir / "checkpoints"
+    max_epochs, status = int(tc.max_epochs), "finished"
     for epoch in range(run.progress.epoch, max_epochs):
         train_loss, seconds = train_epoch(run, data, cfg, epoch, records)
         clock.count_epoch(seconds, data.images_per_epoch)
@@ -110,11 +101,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             records.epoch(run, train_loss, result, data.images_per_epoch / seconds)
             checkpoint = make_checkpoint(run, cfg)
             if improved:
-                save_checkpoint(checkpoint, checkpoints / "best.pt")
+                save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "best"))
                 if tc.save_oof:
-                    oof = (result["probs"], result["masks"])
-                    write_oof(run_dir / "oof.npz", data.val_set.samples, *oof)
-            save_checkpoint(checkpoint, checkpoints / "last.pt")  # a kill after this resumes here
+                    ids = [s.id for s in data.val_set.samples]
+                    rundir.write_oof(run_dir, ids, result["probs"], result["masks"])
+            # A kill after this resumes here.
+            save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "last"))
         dist.barrier()
         if tc.early_stopping and run.progress.stale_epochs >= int(tc.early_stopping):
             status = "early_stopped"
@@ -129,262 +121,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
-# =============================================================================================
-# What travels together.
-@dataclass(frozen=True)
-class Compute:
-    """Where and in which number format the model runs, in training and in validation."""
-
-    device: torch.device
-    precision: str  # fp32 | bf16 | fp16
-    memory_format: torch.memory_format
-
-    @classmethod
-    def for_trainer(cls, trainer: DictConfig, device: torch.device) -> Compute:
-        """The `trainer` config's precision (auto resolved for `device`) and memory format."""
-        memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
-        return cls(device, resolve_precision(trainer.precision, device), memory_format)
-
-
-@dataclass
-class TrainData:
-    """The fold's training and validation sets, and how the training set is batched."""
-
-    competition: Competition
-    train_set: SegmentationDataset
-    val_set: SegmentationDataset
-    batch_size: int  # per device
-    accumulate: int  # micro-batches per optimizer step
-    workers: int  # DataLoader worker processes of each training process
-    steps_per_epoch: int  # micro-batches per device and epoch
-
-    @property
-    def optimizer_steps_per_epoch(self) -> int:
-        return self.steps_per_epoch // self.accumulate
-
-    @property
-    def images_per_epoch(self) -> int:
-        """Training images per epoch, over all devices."""
-        return self.steps_per_epoch * self.batch_size * dist.world_size()
-
-    @property
-    def global_batch(self) -> int:
-        """Images per optimizer step, over all devices."""
-        return self.batch_size * dist.world_size() * self.accumulate
-
-
-@dataclass
-class Progress:
-    """How far a run got: checkpoints save it as their "state" (these keys, in this order)."""
-
-    epoch: int = 0  # epochs done
-    step: int = 0  # optimizer steps done
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    stale_epochs: int = 0  # validated epochs since the best one
-
-    def end_epoch(self, result: dict | None) -> bool:
-        """Count an epoch as done, with its validation result (None: it did not validate).
-        True when it scored best so far."""
-        self.epoch += 1
-        improved = result is not None and result["score"] > self.best_score
-        if improved:
-            self.best_score, self.best_epoch, self.stale_epochs = result["score"], self.epoch, 0
-        elif result is not None:
-            self.stale_epochs += 1
-        return improved
-
-
-@dataclass
-class TrainState:
-    """What a training step uses and changes; checkpoints save it and resuming restores it."""
-
-    model: torch.nn.Module
-    train_model: torch.nn.Module  # `model`, or its DDP wrapper: the training forward pass
-    ema: AveragedModel | None
-    ema_updates: list[int]  # the EMA's update counter (see make_ema)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    compute: Compute
-    progress: Progress = dataclasses.field(default_factory=Progress)
-
-    @property
-    def eval_model(self) -> torch.nn.Module:
-        """The weights validation scores: the EMA's, when there is one."""
-        return self.ema.module if self.ema is not None else self.model
-
-
-@dataclass
-class Clock:
-    """This process's time and training throughput (summary.json adds up a run's resumes)."""
-
-    start: float = dataclasses.field(default_factory=time.time)
-    train_s: float = 0.0  # in training epochs, validation aside
-    images_seen: int = 0  # training images, over all devices
-
-    def count_epoch(self, seconds: float, images: int) -> None:
-        self.train_s += seconds
-        self.images_seen += images
-
-    def elapsed_s(self) -> float:
-        return time.time() - self.start
-
-    def images_per_s(self) -> float | None:
-        return round(self.images_seen / self.train_s, 2) if self.train_s else None
-
-
-# =============================================================================================
-# The pieces `train` uses, in the order it uses them.
-def retain_freed_memory() -> bool:
-    """CPU training on glibc: keep the memory a step frees for the next step. By default glibc
-    gives large blocks back to the OS (a moving mmap threshold, heap trimming) and the next step
-    page-faults them in again: bench/train_step.py counted up to 33,000 faults per step at
-    128 px (0 with this), and demo epochs ran ~7% faster with this (interleaved A/B). Blocks
-    over 32 MiB still go to mmap. False (and nothing changed) where there is no glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(
-            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: trim only above 1 GiB of free top
-            and libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: fixed at 32 MiB
-        )
-    except (OSError, AttributeError):
-        return False
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def load_data(cfg: DictConfig) -> TrainData:
-    """The fold's datasets (folds.csv is made once per data folder) and the batching: per-device
-    batches that give the same global batch on any number of devices."""
-    tc = cfg.trainer
-    competition = load_competition(cfg)
-    competition.require_data()
-    samples = competition.train_samples()
-    n_folds, folds_seed = int(cfg.competition.n_folds), int(cfg.competition.folds_seed)
-    folds = load_or_make_folds(samples, competition.data_dir / "folds.csv", n_folds, folds_seed)
-    train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
-    size = cfg.competition.image_size
-    train_transform = build_transforms(cfg.augment, size, train=True)
-    train_set = SegmentationDataset(competition, train_samples, train_transform, seed=int(cfg.seed))
-    val_transform = build_transforms(cfg.augment, size, train=False)
-    val_set = SegmentationDataset(competition, val_samples, val_transform)
-    workers = resolve_num_workers(tc.num_workers, processes=dist.local_world_size())
-    batch_size, accumulate = int(tc.batch_size), int(tc.accumulate)
-    steps_per_epoch = len(train_set) // (batch_size * dist.world_size())
-    if tc.limit_train_batches:
-        steps_per_epoch = min(steps_per_epoch, int(tc.limit_train_batches))
-    if steps_per_epoch < accumulate:
-        raise PodiumError(
-            f"trainer.batch_size={batch_size}: {len(train_set)} training images give "
-            f"{steps_per_epoch} batches per epoch per device; lower it"
-        )
-    return TrainData(
-        competition, train_set, val_set, batch_size, accumulate, workers, steps_per_epoch
-    )
-
-
-def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> TrainState:
-    """The model on its device (with synced BatchNorm if asked), its EMA and DDP wrapper, the
-    optimizer, LR schedule, gradient scaler and loss."""
-    tc = cfg.trainer
-    model = build_model(cfg.model, data.competition.num_outputs, int(cfg.competition.in_channels))
-    model = model.to(device=compute.device, memory_format=compute.memory_format)
-    if tc.sync_batchnorm and dist.world_size() > 1:
-        model = dist.convert_sync_batchnorm(model)
-    ema_updates = [0]  # Python-side counter: the decay ramp must not sync with the GPU
-    ema = make_ema(model, tc.ema, tc.ema_warmup, ema_updates) if tc.ema else None
-    train_model = model
-    if dist.world_size() > 1:
-        cuda = compute.device.type == "cuda"
-        train_model = DistributedDataParallel(
-            model,
-            device_ids=[compute.device.index] if cuda else None,
-            find_unused_parameters=bool(tc.find_unused_parameters),
-        )
-    optimizer = build_optimizer(cfg.optimizer, model)
-    # From this config also on resume (a checkpoint keeps the scheduler's step count, not this
-    # function), so a run resumed with a larger trainer.max_epochs gets the longer schedule.
-    per_epoch = data.optimizer_steps_per_epoch
-    schedule = lr_schedule(cfg.scheduler, max(1, per_epoch * int(tc.max_epochs)), per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
-    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
-    loss_fn = build_loss(cfg.loss, data.competition.task)
-    return TrainState(
-        model, train_model, ema, ema_updates, optimizer, scheduler, scaler, loss_fn, compute
-    )
-
-
-def make_ema(model: torch.nn.Module, decay: float, warmup: bool, counter: list[int]):
-    """An exponential moving average of the weights (and BN buffers) via torch's AveragedModel.
-    With warm-up the decay ramps as min(decay, (1 + n) / (10 + n)) over the first updates."""
-    decay = float(decay)
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _n) -> None:
-        if not averaged[0].is_floating_point():  # e.g. BatchNorm's num_batches_tracked
-            torch._foreach_copy_(averaged, current)
-            return
-        n = counter[0]
-        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
-
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
-
-
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on biases and normalisation weights (1-d tensors), as is standard.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": float(cfg.weight_decay)},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=float(cfg.lr), betas=tuple(cfg.betas))
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            groups, lr=float(cfg.lr), momentum=float(cfg.momentum), nesterov=bool(cfg.nesterov)
-        )
-    raise PodiumError(f"optimizer.name={cfg.name}: unknown (adamw | sgd)")
-
-
-def lr_schedule(cfg: DictConfig, total_steps: int, steps_per_epoch: int):
-    """LR multiplier per optimizer step: linear warm-up, then cosine / poly / constant."""
-    warmup = int(float(cfg.warmup_epochs) * steps_per_epoch)
-    floor = float(cfg.min_lr_ratio)
-    name = cfg.name
-    if name not in ("cosine", "poly", "constant"):
-        raise PodiumError(f"scheduler.name={name}: unknown (cosine | poly | constant)")
-    power = float(cfg.get("power", 0.9))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if name == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        if name == "poly":
-            return max(floor, (1 - progress) ** power)
-        return 1.0
-
-    return multiplier
-
-
 def resume(run: TrainState, run_dir: Path, cfg: DictConfig) -> None:
     """Continue from `run_dir`'s last checkpoint: weights, EMA, optimizer, scheduler, scaler,
     RNG states and progress."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last = rundir.checkpoint_path(run_dir, "last")
     if not last.is_file():
         raise PodiumError(f"resume={cfg.resume}: no checkpoints/last.pt there to resume from")
     restore_checkpoint(last, run)
@@ -400,7 +140,8 @@ class RunLog:
 
         self.run_dir, self.cfg, self.clock = run_dir, cfg, clock
         # A resumed run drops the events logged after its checkpoint.
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=step or None)
+        tb = run_dir / rundir.TENSORBOARD
+        self.writer = SummaryWriter(log_dir=str(tb), purge_step=step or None)
 
     def start(self, data: TrainData, compute: Compute) -> None:
         images = f"{len(data.train_set)} train / {len(data.val_set)} val images"
@@ -428,7 +169,7 @@ class RunLog:
             "images_per_s": f"{images_per_s:.2f}",
             "elapsed_s": f"{self.clock.elapsed_s():.1f}",
         }
-        append_metrics(self.run_dir / "metrics.csv", row)
+        rundir.append_metrics(self.run_dir, row, METRICS_COLUMNS)
         self.writer.add_scalar("train/epoch_loss", train_loss, epoch)
         if result:
             self.writer.add_scalar("val/loss", result["loss"], epoch)
@@ -443,12 +184,11 @@ class RunLog:
         with them) and record the run in the ledger."""
         from podium import ledger
 
-        path = self.run_dir / "summary.json"
-        if self.cfg.resume and path.is_file():
-            before = io.read_json(path)
+        before = rundir.read_summary(self.run_dir) if self.cfg.resume else None
+        if before:
             summary["duration_s"] = round(before.get("duration_s", 0) + summary["duration_s"], 1)
             summary["images_seen"] += before.get("images_seen", 0)
-        io.write_json(path, summary)
+        rundir.write_summary(self.run_dir, summary)
         self.writer.close()
         ledger_file = ledger.ledger_path(self.cfg.paths.runs_dir, summary["competition"])
         ledger.record_run(ledger_file, summary)
@@ -603,73 +343,6 @@ def validate(
         "probs": [a[1] for a in images],
         "masks": [a[2] for a in images],
     }
-
-
-def quantize(probs: np.ndarray) -> np.ndarray:
-    """Probabilities as uint8 (p * 255, rounded): 4x smaller OOF files, error < 0.002."""
-    return np.rint(probs * 255.0).astype(np.uint8)
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    """Append one row to metrics.csv, rewriting it atomically (it is small)."""
-    rows = io.read_csv_rows(path) if path.is_file() else []
-    rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])] + [row]  # resumed epochs
-    io.write_csv(path, rows, METRICS_COLUMNS)
-
-
-def make_checkpoint(run: TrainState, cfg: DictConfig) -> dict:
-    return {
-        "model": run.model.state_dict(),
-        "ema": run.ema.state_dict() if run.ema is not None else None,
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        "state": dataclasses.asdict(run.progress),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "podium_version": podium.__version__,
-    }
-
-
-def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    with io.atomic_write(path, "wb") as f:
-        torch.save(checkpoint, f)
-
-
-def restore_checkpoint(path: Path, run: TrainState) -> None:
-    """Load a `make_checkpoint` file into `run`, the RNG states included."""
-    checkpoint = torch.load(path, map_location=run.compute.device, weights_only=False)
-    run.model.load_state_dict(checkpoint["model"])
-    if run.ema is not None and checkpoint["ema"] is not None:
-        run.ema.load_state_dict(checkpoint["ema"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    run.scaler.load_state_dict(checkpoint["scaler"])
-    rng = checkpoint["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-    run.progress = Progress(**checkpoint["state"])
-    run.ema_updates[0] = run.progress.step
-
-
-def write_oof(path: Path, samples, probs: list[np.ndarray], masks: list[np.ndarray]) -> None:
-    """Out-of-fold predictions as an .npz: `ids`, and per image `prob_<i>` (uint8 CxHxW,
-    p*255) and `mask_<i>` (the target at the same size). Streamed, then renamed into place."""
-    with io.atomic_write(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-        arrays = {"ids": np.array([s.id for s in samples])}
-        for i, (p, m) in enumerate(zip(probs, masks, strict=True)):
-            arrays[f"prob_{i}"], arrays[f"mask_{i}"] = p, m
-        for name, array in arrays.items():
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def run_summary(

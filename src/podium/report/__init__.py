@@ -16,8 +16,8 @@ the mean over all its runs with two spreads, because one lucky seed is not a res
 
 The modules, each importing only those above it:
 
-    settings    a run's config as dotted settings; the keys that do not change a result
-    results     the ledger joined with the run directories (Run, Submission, Experiment)
+    results     the ledger joined with the run directories (Run, Submission, Experiment);
+                a run's config as dotted settings (which keys count: podium.config)
     tables      numbers as shown, and the tables of experiments, runs and submissions
     ablations   config differences (`diff=[A,B]`) and one-setting ablations
     method      the write-up's Method section, from resolved configs and inference folders

@@ -7,9 +7,9 @@ import json
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from podium.config import REPLICATE_KEYS, changes_result
 from podium.io import PodiumError
 from podium.report.results import Experiment, Results
-from podium.report.settings import COSMETIC_KEYS, REPLICATE_KEYS, compared
 from podium.report.tables import DIGITS, mean_std, num, record_table
 from podium.tables import render_table
 
@@ -33,16 +33,16 @@ class Ablation(NamedTuple):
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value in a, value in b) for every compared key whose values differ; None where a
-    side lacks the key."""
-    keys = [k for k in dict.fromkeys([*a, *b]) if compared(k)]
+    """(key, value in a, value in b) for every key that can change a result (podium.config)
+    whose values differ; None where a side lacks the key."""
+    keys = [k for k in dict.fromkeys([*a, *b]) if changes_result(k)]
     return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
 
 
 def setting_changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """`config_diff` in settings: a config group whose name changed is one setting (its other
-    keys follow the name), and cosmetic keys are left out."""
-    diff = [d for d in config_diff(a, b) if d[0] not in COSMETIC_KEYS]
+    keys follow the name)."""
+    diff = config_diff(a, b)
     renamed = {g for g, key in GROUP_IDENTITY.items() if a.get(key) != b.get(key)}
     return [
         d

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from podium import io
+from podium import io, rundir
 from podium.io import PodiumError
 from podium.report.results import Experiment, Run, Submission
 from podium.report.tables import int_list
@@ -54,7 +54,7 @@ def plot_learning_curves(experiments: list[Experiment], metric: str, path: Path)
     for e in experiments:
         label = e.name  # once per experiment: the legend names experiments, not runs
         for run in e.runs:
-            metrics = run.run_dir / "metrics.csv" if run.run_dir else None
+            metrics = run.run_dir / rundir.METRICS if run.run_dir else None
             if metrics is None or not metrics.is_file():
                 continue
             rows = io.read_csv_rows(metrics)
@@ -148,15 +148,12 @@ def oof_cases(run: Run, competition: Competition) -> list[Case]:
     run's validation threshold (their mean is the run's best_score)."""
     from podium.models import binarize
 
-    path = run.run_dir / "oof.npz"
     task, threshold = competition.task, float(run.config["trainer"]["threshold"])
     cases = []
-    with np.load(path, allow_pickle=False) as oof:
-        for i, image_id in enumerate(oof["ids"].tolist()):
-            prob, mask = oof[f"prob_{i}"], oof[f"mask_{i}"]
-            truth = mask[0] if task == "binary" else mask
-            score = competition.score_image(binarize(prob / 255.0, task, threshold), truth)
-            cases.append(Case(str(image_id), float(score), prob, truth, run))
+    for image_id, prob, mask in rundir.read_oof(run.run_dir):
+        truth = mask[0] if task == "binary" else mask
+        score = competition.score_image(binarize(prob / 255.0, task, threshold), truth)
+        cases.append(Case(image_id, float(score), prob, truth, run))
     return cases
 
 
@@ -189,7 +186,7 @@ def plot_validation_grid(experiment: Experiment, metric: str, path: Path) -> str
     from podium.competition import load_competition
 
     usable = [
-        r for r in experiment.runs if r.config and r.run_dir and (r.run_dir / "oof.npz").is_file()
+        r for r in experiment.runs if r.config and r.run_dir and (r.run_dir / rundir.OOF).is_file()
     ]
     if not usable:
         return None

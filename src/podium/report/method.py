@@ -11,8 +11,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from podium import rundir
+from podium.config import changes_result
 from podium.report.results import Experiment, Results, read_json_dict, run_id
-from podium.report.settings import UNCOMPARED_PREFIXES
 from podium.report.tables import MISSING, TODO, plural
 
 
@@ -184,8 +185,8 @@ def reproduce_command(experiment: Experiment) -> str | None:
             return None
         for override in OmegaConf.to_container(OmegaConf.load(path)) or []:
             key, _, value = str(override).partition("=")
-            if key.lstrip("+~").startswith(UNCOMPARED_PREFIXES) or key == "resume":
-                continue  # machine-specific paths
+            if not changes_result(key.lstrip("+~")):
+                continue  # machine-specific paths, names, worker counts
             if value not in values.setdefault(key, []):
                 values[key].append(value)
     combinations = math.prod(len(v) for v in values.values())
@@ -228,7 +229,7 @@ def inference_lines(results: Results, chosen: set[str]) -> list[str]:
         return any(r is not None and r.experiment in chosen for r in runs)
 
     lines = []
-    for name, describe in (("tuned.json", _tuned_line), ("predict.json", _predict_line)):
+    for name, describe in ((rundir.TUNED, _tuned_line), (rundir.PREDICTED, _predict_line)):
         for path in sorted(results.folder.glob(f"**/{name}")):
             data = read_json_dict(path)
             if relevant(data):

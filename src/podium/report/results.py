@@ -7,6 +7,7 @@ when every run behind it is one of that experiment's.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -17,12 +18,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from podium import io, ledger
+from podium import io, ledger, rundir
+from podium.config import REPLICATE_KEYS
 from podium.io import PodiumError
-from podium.report.settings import REPLICATE_KEYS, flatten
 
 # What `podium tune` and `podium predict` leave in their run folders (see podium/infer.py).
-INFERENCE_FILES = ("predict.json", "tuned.json")
+INFERENCE_FILES = (rundir.PREDICTED, rundir.TUNED)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Run:
     @cached_property
     def config(self) -> dict | None:
         """The run's resolved config.yaml as nested dicts (None when the folder is gone)."""
-        path = self.run_dir / "config.yaml" if self.run_dir else None
+        path = self.run_dir / rundir.CONFIG if self.run_dir else None
         if path is None or not path.is_file():
             return None
         try:
@@ -322,3 +323,15 @@ def read_json_dict(path: Path) -> dict:
     except (OSError, ValueError) as e:
         raise PodiumError(f"{path}: not readable JSON ({e})") from None
     return data if isinstance(data, dict) else {}
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {dotted.key: JSON value}; lists and empty dicts stay whole values."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value, sort_keys=True, default=str)
+    return flat

@@ -1,0 +1,254 @@
+"""A run directory: the one module that knows its files, how they are written and read.
+
+A training run (`podium train`):
+
+    config.yaml            resolved config, written once before any worker starts
+    checkpoints/last.pt    everything needed to resume (model, EMA, optimizer, scheduler, scaler,
+    checkpoints/best.pt      RNG states, progress); best = best validation score
+    metrics.csv            one row per epoch
+    tb/                    TensorBoard events
+    oof.npz                out-of-fold probabilities of the best epoch (uint8 p*255) and targets
+    summary.json           the run's facts for the ledger and write-ups
+    tuned/<ensemble>.json  what `podium tune` chose for an ensemble holding this run (the name
+                           is a digest of the ensemble's run folders): `podium predict` on the
+                           same runs finds it here, wherever the tune command's own folder is
+
+A `podium tune` folder holds tuned.json, a `podium predict` folder predict.json and
+submission.csv. Every file is written atomically (podium.io).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from podium import io, ledger
+from podium.io import PodiumError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CONFIG",
+    "SUMMARY",
+    "METRICS",
+    "OOF",
+    "TUNED",
+    "PREDICTED",
+    "TENSORBOARD",
+    "checkpoint_path",
+    "is_run",
+    "read_config",
+    "write_config",
+    "read_summary",
+    "write_summary",
+    "save_checkpoint",
+    "load_checkpoint",
+    "quantize",
+    "write_oof",
+    "read_oof",
+    "append_metrics",
+    "resolve_runs",
+    "record_tuning",
+    "find_tuning",
+]
+
+CONFIG = "config.yaml"
+SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+OOF = "oof.npz"
+TENSORBOARD = "tb"
+TUNED = "tuned.json"  # in a `podium tune` folder
+PREDICTED = "predict.json"  # in a `podium predict` folder
+_TUNINGS = "tuned"  # in a training run: one file per ensemble tuned with it
+
+
+# -- config, summary, metrics -----------------------------------------------------------------
+def is_run(path: Path) -> bool:
+    """Whether `path` is a training run's folder (it has a config.yaml)."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def read_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise PodiumError(f"{run_dir}: not a run directory (no {CONFIG} there)")
+    return OmegaConf.load(path)
+
+
+def write_config(run_dir: Path, config: dict | DictConfig) -> None:
+    io.write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(config))
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / SUMMARY
+    return io.read_json(path) if path.is_file() else None
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    io.write_json(Path(run_dir) / SUMMARY, summary)
+
+
+def append_metrics(run_dir: Path, row: dict, columns: Sequence[str]) -> None:
+    """Add one epoch's row to metrics.csv (a resumed epoch replaces its old row)."""
+    path = Path(run_dir) / METRICS
+    rows = io.read_csv_rows(path) if path.is_file() else []
+    rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])] + [row]
+    io.write_csv(path, rows, list(columns))
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
+    """checkpoints/best.pt or checkpoints/last.pt."""
+    if which not in ("best", "last"):
+        raise PodiumError(f"checkpoint={which}: expected best | last")
+    return Path(run_dir) / "checkpoints" / f"{which}.pt"
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    with io.atomic_write(path, "wb") as f:
+        torch.save(checkpoint, f)
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    if not Path(path).is_file():
+        raise PodiumError(f"{path}: no checkpoint (did the run finish an epoch?)")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+# -- out-of-fold predictions ------------------------------------------------------------------
+def quantize(probs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Probabilities as uint8 p*255, rounded half to even (4x smaller, error < 0.002): how OOF
+    files store them, and how prediction hands them to post-processing, so both see the same
+    values. A tensor stays a tensor on its device."""
+    if isinstance(probs, torch.Tensor):
+        return probs.float().mul(255.0).round_().to(torch.uint8)
+    return np.rint(probs * 255.0).astype(np.uint8)
+
+
+def write_oof(run_dir: Path, ids: Sequence[str], probs: Sequence, masks: Sequence) -> None:
+    """oof.npz: `ids`, and per image `prob_<i>` (uint8 CxHxW, p*255) and `mask_<i>` (the target
+    at the same size). Streamed into the zip, then renamed into place."""
+    with (
+        io.atomic_write(Path(run_dir) / OOF, "wb") as f,
+        zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf,
+    ):
+        arrays = {"ids": np.array(list(ids))}
+        for i, (p, m) in enumerate(zip(probs, masks, strict=True)):
+            arrays[f"prob_{i}"], arrays[f"mask_{i}"] = p, m
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def read_oof(run_dir: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(image id, uint8 probabilities CxHxW, target) of every out-of-fold image of a run."""
+    path = Path(run_dir) / OOF
+    if not path.is_file():
+        raise PodiumError(f"{path}: no out-of-fold predictions (trainer.save_oof=false?)")
+    with np.load(path, allow_pickle=False) as oof:
+        for i, image_id in enumerate(oof["ids"].tolist()):
+            yield str(image_id), oof[f"prob_{i}"], oof[f"mask_{i}"]
+
+
+# -- which runs -------------------------------------------------------------------------------
+def resolve_runs(cfg: DictConfig) -> list[tuple[Path, float]]:
+    """(run directory, ensemble weight) of every run named by `runs` and `runs_of`.
+
+    `runs` entries are directories or globs, relative to the working directory or else to
+    `<paths.runs_dir>/<competition>`; `run_weights` gives one weight per entry (a glob's runs
+    share it). `runs_of=E` adds every run the competition's ledger records under
+    experiment_name E (the latest of each fold and seed), with weight 1."""
+    competition = cfg.competition.name
+    base = Path(cfg.paths.runs_dir) / competition
+    entries = [str(e) for e in (cfg.get("runs") or [])]
+    weights = cfg.get("run_weights")
+    if weights is not None and len(weights) != len(entries):
+        raise PodiumError(f"run_weights: {len(weights)} weights for {len(entries)} entries of runs")
+    found: dict[Path, float] = {}
+    for i, entry in enumerate(entries):
+        matches = _match_runs(entry, base)
+        if not matches:
+            raise PodiumError(f"runs: '{entry}' names no run directory (none with a {CONFIG})")
+        for path in matches:
+            found.setdefault(path, 1.0 if weights is None else float(weights[i]))
+    if cfg.get("runs_of"):
+        for path in _experiment_runs(str(cfg.runs_of), Path(cfg.paths.runs_dir), competition):
+            found.setdefault(path, 1.0)
+    if not found:
+        raise PodiumError(
+            "no runs given: set runs=[RUN_DIR,...] (globs work) or runs_of=EXPERIMENT"
+        )
+    for path in found:
+        trained_on = read_config(path).competition.name
+        if trained_on != competition:
+            raise PodiumError(
+                f"{path}: trained on competition {trained_on}, not {competition} "
+                f"(add competition={trained_on})"
+            )
+    return list(found.items())
+
+
+def _match_runs(entry: str, base: Path) -> list[Path]:
+    given = Path(entry).expanduser()
+    for root in (Path.cwd(), base):
+        pattern = str(given if given.is_absolute() else root / given)
+        runs = [p for p in sorted(Path(p).resolve() for p in glob.glob(pattern)) if is_run(p)]
+        if runs:
+            return runs
+    return []
+
+
+def _experiment_runs(experiment: str, runs_dir: Path, competition: str) -> list[Path]:
+    path = ledger.ledger_path(runs_dir, competition)
+    latest: dict[tuple, Path] = {}
+    for record in ledger.read(path):
+        if record.get("kind") != "run" or record.get("experiment_name") != experiment:
+            continue
+        run_dir = Path(record.get("run_dir", ""))
+        if is_run(run_dir):
+            latest[(record.get("fold"), record.get("seed"))] = run_dir.resolve()
+    if not latest:
+        raise PodiumError(f"runs_of={experiment}: no runs of that experiment in {path}")
+    return sorted(latest.values())
+
+
+# -- what `podium tune` chose for an ensemble -------------------------------------------------
+def _ensemble_key(runs: Sequence[Path]) -> str:
+    names = "\n".join(sorted(str(Path(r).resolve()) for r in runs))
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
+def record_tuning(runs: Sequence[Path], tuned: dict) -> list[Path]:
+    """Keep `tuned` with the runs it was tuned on: tuned/<ensemble>.json in each run folder, so
+    `find_tuning` finds it from the runs alone. A read-only run folder is skipped (say so)."""
+    key, written = _ensemble_key(runs), []
+    for run in runs:
+        path = Path(run) / _TUNINGS / f"{key}.json"
+        try:
+            io.write_json(path, tuned)
+            written.append(path)
+        except OSError as e:
+            log.warning("%s: tuning not recorded in this run folder (%s)", run, e.strerror or e)
+    return written
+
+
+def find_tuning(runs: Sequence[Path]) -> tuple[dict, Path] | None:
+    """The latest tuning recorded for exactly this ensemble of runs, and where it was found."""
+    key = _ensemble_key(runs)
+    candidates = [Path(r) / _TUNINGS / f"{key}.json" for r in runs]
+    found = sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime)
+    for path in reversed(found):
+        try:
+            return io.read_json(path), path
+        except ValueError:
+            log.warning("%s: not valid JSON, skipped", path)
+    return None
