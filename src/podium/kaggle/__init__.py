@@ -21,7 +21,9 @@ from podium.archives import UnpackRules
 from podium.kaggle.client import KaggleCredentialsWarning, KaggleError, preflight, rules_url
 from podium.kaggle.commands import (
     format_table,
+    kernel_output_command,
     leaderboard_command,
+    push_command,
     submissions_command,
     submit_command,
 )
@@ -53,11 +55,13 @@ __all__ = [
     "downloaded",
     "format_table",
     "kernel_output",
+    "kernel_output_command",
     "kernel_status",
     "leaderboard",
     "leaderboard_command",
     "list_files",
     "preflight",
+    "push_command",
     "push_dataset",
     "push_kernel",
     "rules_url",
