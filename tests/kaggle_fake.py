@@ -14,7 +14,9 @@ What it serves: competitions with data files (``DownloadDataFiles`` is a 302 to 
 ``DownloadDataFile`` a 302 to the file or ``<name>.zip``), blob GETs with Content-Length,
 Last-Modified, ETag and ``Range`` support, submission upload (``StartSubmissionUpload``, a PUT to
 an absolute ``createUrl``, ``CreateSubmission``), token-paginated listings, a leaderboard and
-access-token introspection. Knobs on :class:`FakeKaggle` inject the failures podium must handle.
+access-token introspection. The code-competition endpoints (datasets, blob uploads, kernels, code
+submissions, the competition listing) live in ``kaggle_fake_code`` and are mixed in here.
+Knobs on :class:`FakeKaggle` inject the failures podium must handle.
 Nothing here ever reaches a real host: the server binds 127.0.0.1 on an ephemeral port.
 """
 
@@ -35,6 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+try:
+    from kaggle_fake_code import CODE_ROUTES, CodeCompetitionHandlers, CodeCompetitionState
+    from kaggle_fake_code import ApiError as _ApiError
+except ImportError:  # tests/ turned into a package
+    from tests.kaggle_fake_code import CODE_ROUTES, CodeCompetitionHandlers, CodeCompetitionState
+    from tests.kaggle_fake_code import ApiError as _ApiError
 
 LAST_MODIFIED = "Tue, 14 Nov 2023 22:13:20 GMT"
 CREATED = "2023-11-14T22:13:20.000Z"
@@ -71,6 +80,8 @@ class FakeCompetition:
     submission_header: str = "id,rle_mask"
     #: (team_id, team_name, score) rows of other teams
     other_teams: list[tuple[int, str, str]] = field(default_factory=list)
+    #: submissions come from kernels only (the listing's isKernelsSubmissionsOnly)
+    code_competition: bool = False
 
     def archive_bytes(self) -> bytes:
         return self.archive if self.archive is not None else make_zip(self.files)
@@ -86,9 +97,11 @@ class FakeSubmission:
     public_score: str = ""
     error_description: str = ""
     polls_left: int = 0  # ListSubmissions answers that still show PENDING
+    kernel: str = ""  # a code submission: the kernel (owner/slug) and its version
+    kernel_version: int = 0
 
 
-class FakeKaggle:
+class FakeKaggle(CodeCompetitionState):
     """The fake server plus its state; a context manager that starts and stops it."""
 
     def __init__(
@@ -115,6 +128,7 @@ class FakeKaggle:
         self.calls: list[dict[str, Any]] = []  # one per API call: method, auth, body
         self.blob_gets: list[dict[str, Any]] = []  # path, range, status
         self.puts: list[dict[str, Any]] = []
+        self.init_code_state()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -133,6 +147,18 @@ class FakeKaggle:
 
     def api_calls(self, method: str) -> list[dict[str, Any]]:
         return [c for c in self.calls if c["method"] == method]
+
+    def new_submission(self, file_name: str, description: str, size: int) -> FakeSubmission:
+        """A PENDING submission with the next ref (call with the lock held)."""
+        sub = FakeSubmission(
+            ref=1001 + len(self.submissions),
+            file_name=file_name,
+            description=description,
+            size=size,
+            polls_left=self.pending_polls,
+        )
+        self.submissions.append(sub)
+        return sub
 
     # ---- lifecycle
     def start(self) -> FakeKaggle:
@@ -170,13 +196,7 @@ class FakeKaggle:
         self.stop()
 
 
-class _ApiError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(CodeCompetitionHandlers, BaseHTTPRequestHandler):
     state: FakeKaggle
     timeout = 5  # a stalled client cannot hold a handler thread for long
     server_version = "FakeKaggle/1"
@@ -238,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             call["auth"] = self._auth()
             handler = getattr(self, f"api_{method}", None)
-            if service != SERVICE or handler is None:
+            if service != CODE_ROUTES.get(method, SERVICE) or handler is None:
                 raise _ApiError(501, f"{service}/{method} is not implemented by the fake")
             handler(body)
         except _ApiError as err:
@@ -247,6 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
         fake = self.state
+        if path.startswith("/_kernel_output/"):
+            self._send_blob(self.kernel_output_bytes(path))
+            return
         match = re.fullmatch(r"/_blobs/([\w-]+)/(all|file)/(.+)", path)
         if not match or match.group(1) not in fake.competitions:
             self.send_error(404)
@@ -292,6 +315,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
 
+    def _send_blob(self, data: bytes | None) -> None:
+        """A plain 200 GET answer (no auth: blob URLs are pre-signed, G9), or 404."""
+        if data is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Last-Modified", LAST_MODIFIED)
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_PUT(self) -> None:
         fake = self.state
         token = self.path.split("?")[0].rpartition("/")[2]
@@ -301,7 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
             fake.puts.append(
                 {"token": token, "bytes": len(data), "auth": "Authorization" in self.headers}
             )
-        if fake.fail_uploads or token not in fake.upload_names:
+        announced = fake.blob_sizes.get(token, len(data))
+        if fake.fail_uploads or token not in fake.upload_names or len(data) != announced:
             self._send_json({"code": 500, "message": "upload failed"}, 500)
             return
         fake.uploads[token] = data
@@ -364,12 +400,8 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             raise _ApiError(400, f"Unknown blob token '{token}'")
         with fake._lock:
-            sub = FakeSubmission(
-                ref=1001 + len(fake.submissions),
-                file_name=fake.upload_names[token],
-                description=body.get("submissionDescription", ""),
-                size=len(data),
-                polls_left=fake.pending_polls,
+            sub = fake.new_submission(
+                fake.upload_names[token], body.get("submissionDescription", ""), len(data)
             )
             header = data.decode(errors="replace").splitlines()[0] if data else ""
             if header.strip() == comp.submission_header:
@@ -378,7 +410,6 @@ class _Handler(BaseHTTPRequestHandler):
                 sub.error_description = (
                     f"Submission file has header '{header}', expected '{comp.submission_header}'"
                 )
-            fake.submissions.append(sub)
         self._send_json({"message": f"Successfully submitted to {comp.title}", "ref": sub.ref})
 
     def api_ListSubmissions(self, body: dict[str, Any]) -> None:

@@ -173,6 +173,10 @@ def fake_kaggle(monkeypatch):
     monkeypatch.setattr(kaggle, "preflight", lambda: calls.append(("preflight",)) or "user")
     monkeypatch.setattr(kaggle, "list_files", lambda slug: calls.append(("list", slug)) or listing)
     monkeypatch.setattr(kaggle, "download", download)
+    listing_info = {"title": "SIIM-like", "deadline": "", "code_competition": False}
+    monkeypatch.setattr(
+        kaggle, "competition_info", lambda slug: calls.append(("info", slug)) or listing_info
+    )
     return calls
 
 
@@ -183,6 +187,7 @@ def test_new_kaggle_prefills_from_the_sample_submission(project, tmp_path, fake_
         ("preflight",),
         ("list", "siim-like"),
         ("download", "siim-like", data / "siim-like", ["sample_submission.csv"]),
+        ("info", "siim-like"),
     ]
     folder = project / "competitions" / "siim-like"
     config = (folder / "competition.yaml").read_text()
@@ -199,6 +204,24 @@ def test_new_kaggle_prefills_from_the_sample_submission(project, tmp_path, fake_
     assert "created" in capsys.readouterr().out
     competition = load("siim-like", data)  # the prefilled config loads
     assert competition.submission.empty == "-1"
+    assert "code_competition: false" in config
+
+
+@pytest.mark.parametrize("listed", [True, None])
+def test_new_kaggle_says_whether_it_is_a_code_competition(
+    project, tmp_path, fake_kaggle, monkeypatch, listed
+):
+    info = None if listed is None else {"title": "t", "deadline": "", "code_competition": True}
+    monkeypatch.setattr(kaggle, "competition_info", lambda slug: info)
+    assert new_command(["sense-like", "--kaggle", f"paths.data_dir={tmp_path}"]) == 0
+    folder = project / "competitions" / "sense-like"
+    cfg = compose_config("tools", ["competition=sense-like", f"paths.data_dir={tmp_path}"])
+    readme = (folder / "README.md").read_text()
+    if listed:
+        assert cfg.competition.code_competition is True and "a code competition" in readme
+    else:
+        assert cfg.competition.code_competition is False
+        assert "set code_competition by hand" in readme
 
 
 def test_new_kaggle_errors_create_nothing(project, tmp_path, monkeypatch):

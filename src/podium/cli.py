@@ -50,6 +50,19 @@ COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "leaderboard": ("tools", "podium.kaggle:leaderboard_command", False, "the Kaggle leaderboard"),
     "runs": ("tools", "podium.report:runs_command", False, "the ledger: CV by experiment"),
     "writeup": ("tools", "podium.report:writeup_command", False, "draft a write-up"),
+    # Code competitions: Kaggle runs a pushed notebook (a kernel) instead of taking a file.
+    "push": (
+        "tools",
+        "podium.kaggle:push_command",
+        False,
+        "push a bundle as a Kaggle dataset + kernel (run=false: save it, do not run it)",
+    ),
+    "kernel-output": (
+        "tools",
+        "podium.kaggle:kernel_output_command",
+        False,
+        "the log and output files of a kernel's latest run",
+    ),
 }
 
 

@@ -57,6 +57,8 @@ COMPETITION_DEFAULTS = {
     "name": "???",
     "dir": "???",
     "kaggle": None,  # the Kaggle slug; null for local competitions
+    # Kaggle scores a notebook, not a file: submit with `podium push` + `podium submit kernel=`
+    "code_competition": False,
     "task": "binary",  # binary | multiclass | multilabel
     "classes": ["foreground"],
     "metric": "dice",  # a name in podium.metrics.METRICS, or "adapter" (Adapter.score_image)

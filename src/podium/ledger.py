@@ -118,6 +118,8 @@ def record_submission(
     private_score: float | None = None,
     submitted_at: str | None = None,
     sha256: str | None = None,
+    kernel: str | None = None,
+    version: int | None = None,
 ) -> dict:
     """Add a submission (or news about one: its score, its status) to the ledger at `path`.
 
@@ -125,8 +127,10 @@ def record_submission(
     file: training run directories, run ids (relative to the competition's runs folder),
     experiment names, or a `podium predict` folder (its predict.json lists the ensemble); with no
     `runs`, a file inside a predict folder names it. `podium runs` and `podium writeup` join them
-    with the runs' CV. `file` is hashed unless its `sha256` is given. Call again with the same
-    `ref` and only the new fields when a score arrives later. Returns the record written.
+    with the runs' CV. `file` is hashed unless its `sha256` is given. A code-competition
+    submission names the `kernel` (USER/SLUG) and its `version` instead of a file. Call again
+    with the same `ref` and only the new fields when a score arrives later. Returns the record
+    written.
     """
     if ref is None or str(ref).strip() in ("", "0"):
         raise PodiumError(f"{path}: cannot record a submission without a ref (got {ref!r})")
@@ -144,6 +148,8 @@ def record_submission(
         "public_score": None if public_score is None else float(public_score),
         "private_score": None if private_score is None else float(private_score),
         "submitted_at": submitted_at,
+        "kernel": kernel,
+        "version": None if version is None else int(version),
     }
     append(path, record)
     return record

@@ -3,7 +3,8 @@
 The template is a working adapter for the commonest Kaggle shape (a training CSV of run-length
 masks, images in folders, a sample submission) with three numbered TODOs. With `--kaggle` the
 competition's file list comes from Kaggle and its `sample_submission.csv` is downloaded and read
-to prefill the id and mask columns, the empty-mask token, per-class rows and file locations.
+to prefill the id and mask columns, the empty-mask token, per-class rows and file locations, and
+the competition listing says whether it is a code competition.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def _placeholders(slug: str, prefill: dict) -> dict[str, str]:
         "slug": slug,
         "class": "".join(part.capitalize() for part in re.split(r"[-_]", slug)) or "Competition",
         "kaggle": kaggle or "null",
+        "code_competition": "true" if prefill.get("code_competition") else "false",
         "kaggle_line": (
             f"Kaggle: https://www.kaggle.com/competitions/{kaggle}"
             if kaggle
@@ -160,6 +162,7 @@ def kaggle_prefill(slug: str, data_dir: Path) -> dict:
                 f"({len(names)} files); create it without --kaggle"
             )
         paths = kaggle.download(slug, data_dir, files=[sample])
+        listed = kaggle.competition_info(slug)
     except kaggle.KaggleError as e:
         raise PodiumError(f"podium new --kaggle: {e}") from None
     csvs = [Path(p) for p in paths if str(p).endswith(".csv")]
@@ -168,6 +171,17 @@ def kaggle_prefill(slug: str, data_dir: Path) -> dict:
     prefill = infer_submission_format(csvs[0])
     prefill["kaggle"] = slug
     prefill["files"] = files
+    if listed is None:
+        prefill["notes"].append(
+            "the competition listing does not show it: set code_competition by hand"
+        )
+    else:
+        prefill["code_competition"] = listed["code_competition"]
+        if listed["code_competition"]:
+            prefill["notes"].append(
+                "a code competition (submissions come from notebooks only): "
+                "code_competition: true; submit with podium push, then podium submit kernel="
+            )
     prefill.update(_guess_layout(names))
     return prefill
 

@@ -17,16 +17,18 @@ import os
 import re
 import stat
 import sys
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from podium.io import PodiumError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: (connect, read) seconds for every API call; the client itself sets no timeout at all.
 HTTP_TIMEOUT_S: tuple[float, float] = (10.0, 120.0)
@@ -281,6 +283,8 @@ def _translate(exc: BaseException, action: str, slug: str | None, creds: Credent
         if status == 403:
             hint = f"accept the rules at {rules_url(slug)} and retry" if slug else "check access"
             return f"Kaggle refused access to {what} (403: {detail}) while {action}: {hint}"
+        if status == 404 and not slug:  # a dataset or kernel: the action names it
+            return f"not found (404: {detail}) while {action}: check the owner/slug"
         if status == 404:
             return (
                 f"not found (404: {detail}) while {action}: check the competition slug "
@@ -329,10 +333,34 @@ def check_slug(slug: str) -> None:
 
 
 @contextlib.contextmanager
+def sdk_client(session: Session) -> Iterator[Any]:
+    """An open kagglesdk ``KaggleClient`` (with podium's timeout and auth)."""
+    with session.api.build_kaggle_client() as client:
+        yield client
+
+
+@contextlib.contextmanager
 def competition_api(session: Session) -> Iterator[Any]:
     """An open kagglesdk competitions client (with podium's timeout and auth)."""
-    with session.api.build_kaggle_client() as client:
+    with sdk_client(session) as client:
         yield client.competitions.competition_api_client
+
+
+def poll_until(
+    check: Callable[[], T | None], poll_interval: float, timeout: float, still: str, later: str
+) -> T:
+    """Call ``check`` every ``poll_interval`` seconds until it returns something (it raises
+    KaggleError itself for a final failure); after ``timeout`` seconds, one KaggleError line:
+    "<still> after <timeout> s; <later>"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KaggleError(f"{still} after {timeout:g} s; {later}")
+        time.sleep(min(poll_interval, remaining))
 
 
 def paged(fetch: Any, max_pages: int = _MAX_PAGES) -> Iterator[Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from podium.kaggle.client import (
     kaggle_errors,
     open_session,
     paged,
+    poll_until,
     quiet_stdout,
 )
 from podium.ledger import hash_file
@@ -45,6 +45,40 @@ def list_files(slug: str) -> list[dict[str, Any]]:
     ):
         files = _listing(competitions.list_data_files, ApiListDataFilesRequest, slug, "files")
         return [{"name": f.name, "size": int(f.total_bytes or 0)} for f in files]
+
+
+def competition_info(slug: str) -> dict[str, Any] | None:
+    """What Kaggle's competition listing says about ``slug`` (title, deadline and
+    ``code_competition``: submissions come from notebooks only), or None if it is not listed."""
+    check_slug(slug)
+    from kagglesdk.competitions.types.competition_api_service import ApiListCompetitionsRequest
+    from kagglesdk.competitions.types.competition_enums import CompetitionListTab
+
+    session = open_session()
+    with (
+        kaggle_errors("looking up the competition", slug, session.creds),
+        competition_api(session) as competitions,
+    ):
+
+        def fetch(token: str) -> tuple[list[Any], str]:
+            request = ApiListCompetitionsRequest()
+            # As the client does: every tab, so closed and entered competitions are found too.
+            request.group = CompetitionListTab.COMPETITION_LIST_TAB_EVERYTHING
+            request.search = slug
+            request.page_size = PAGE_SIZE
+            request.page_token = token
+            response = competitions.list_competitions(request)
+            return response.competitions, response.next_page_token
+
+        for comp in paged(fetch, max_pages=10):
+            # The listing's ref is the competition URL (.../competitions/<slug>).
+            if (comp.ref or "").rstrip("/").rpartition("/")[2] == slug:
+                return {
+                    "title": comp.title,
+                    "deadline": _iso(comp.deadline),
+                    "code_competition": bool(comp.is_kernels_submissions_only),
+                }
+    return None
 
 
 def _listing(method: Any, request_type: type, slug: str, items: str) -> Iterator[Any]:
@@ -215,26 +249,46 @@ def submit(
     }
     log.info("submitted %s to %s as ref %s", file.name, slug, result.ref)
     if wait:
-        info.update(_wait_for_score(session, slug, result.ref, poll_interval, timeout))
+        info.update(wait_for_score(session, slug, result.ref, poll_interval, timeout))
     return info
 
 
-def _wait_for_score(
+class SubmissionFailed(KaggleError):
+    """Kaggle scored the submission as ERROR; ``description`` is Kaggle's reason."""
+
+    def __init__(self, slug: str, ref: int, description: str) -> None:
+        super().__init__(f"submission {ref} to '{slug}' failed on Kaggle: {description}")
+        self.ref, self.description = ref, description
+
+
+def await_score(
+    slug: str, ref: int, poll_interval: float = 5.0, timeout: float = 3600
+) -> dict[str, Any]:
+    """Wait for an earlier submission (file or code) to be scored; see :func:`wait_for_score`."""
+    check_slug(slug)
+    return wait_for_score(open_session(), slug, ref, poll_interval, timeout)
+
+
+def wait_for_score(
     session: Session, slug: str, ref: int, poll_interval: float, timeout: float
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll the submission listing until submission ``ref`` is scored (status, public_score,
+    error_description); ERROR is a :class:`SubmissionFailed` with Kaggle's own description.
+    File and code submissions alike end up in this listing."""
+
+    def scored() -> dict[str, Any] | None:
         with kaggle_errors(f"waiting for submission {ref}", slug, session.creds):
             row = next((s for s in _iter_submissions(session, slug) if s["ref"] == ref), None)
         if row is not None and row["status"] == "COMPLETE":
             return {k: row[k] for k in ("status", "public_score", "error_description")}
         if row is not None and row["status"] == "ERROR":
-            reason = row["error_description"] or "no error description given"
-            raise KaggleError(f"submission {ref} to '{slug}' failed on Kaggle: {reason}")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise KaggleError(
-                f"submission {ref} to '{slug}' was still pending after {timeout:g} s; "
-                f"check later with: podium submissions {slug}"
-            )
-        time.sleep(min(poll_interval, remaining))
+            raise SubmissionFailed(slug, ref, row["error_description"] or "no description given")
+        return None
+
+    return poll_until(
+        scored,
+        poll_interval,
+        timeout,
+        still=f"submission {ref} to '{slug}' was still pending",
+        later=f"check later with: podium submissions competition={slug}",
+    )

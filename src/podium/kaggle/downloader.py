@@ -424,6 +424,23 @@ def download(
         lock.release()
 
 
+def download_blob(url: str, target: Path, work_dir: Path, progress: bool | None = None) -> Path:
+    """GET a pre-signed blob URL (a kernel's output file) into ``target``, through a checked
+    ``.part`` file in ``work_dir`` that is resumed after an interruption. No credentials sent."""
+    import requests
+
+    response = requests.get(url, stream=True, timeout=HTTP_TIMEOUT_S)
+    response.raise_for_status()
+    remote = _Remote.of(response)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    part = work_dir / f"{hashlib.sha256(str(target).encode()).hexdigest()[:16]}.part"
+    _fetch(response, remote, part, force=True, progress=progress)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, target)
+    _sidecar(part).unlink(missing_ok=True)
+    return target
+
+
 def downloaded(dest: Path, files: list[str] | None = None) -> list[Path] | None:
     """The files a previous :func:`download` completed in ``dest``, or None if any is missing.
 
