@@ -32,44 +32,35 @@ from podium.workspace import workspace_root
 
 log = logging.getLogger("podium")
 
-# command -> (config name, "module:function", produces a run directory, one-line help)
-COMMANDS: dict[str, tuple[str, str, bool, str]] = {
-    "download": ("tools", "podium.download:download_command", False, "get a competition's data"),
-    "train": ("train", "podium.launch:main", True, "train one model (a fold, a seed)"),
-    "tune": (
-        "tune",
-        "podium.tune:tune_command",
-        True,
-        "tune post-processing on out-of-fold predictions",
-    ),
-    "predict": ("predict", "podium.infer:predict_command", True, "ensemble runs on the test set"),
-    "validate": ("tools", "podium.submission:validate_command", False, "check a submission file"),
-    "score": ("tools", "podium.submission:score_command", False, "score a submission locally"),
-    "submit": ("tools", "podium.kaggle:submit_command", False, "validate, then submit to Kaggle"),
-    "submissions": ("tools", "podium.kaggle:submissions_command", False, "your Kaggle submissions"),
-    "leaderboard": ("tools", "podium.kaggle:leaderboard_command", False, "the Kaggle leaderboard"),
-    "runs": ("tools", "podium.report:runs_command", False, "the ledger: CV by experiment"),
-    "writeup": ("tools", "podium.report:writeup_command", False, "draft a write-up"),
+# Commands that make a run directory (Hydra's, `hydra.run.dir=DIR`, `-m` sweeps):
+#   name -> (configs/<name>.yaml, "module:function" taking (cfg, run_dir), one-line help)
+RUN_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("train", "podium.launch:main", "train one model (a fold, a seed)"),
+    "tune": ("tune", "podium.tune:tune_command", "tune post-processing on out-of-fold predictions"),
+    "predict": ("predict", "podium.infer:predict_command", "ensemble runs on the test set"),
+}
+# Commands that compose configs/tools.yaml and run in place:
+#   name -> ("module:function" taking (cfg), one-line help)
+TOOL_COMMANDS: dict[str, tuple[str, str]] = {
+    "download": ("podium.download:download_command", "get a competition's data"),
+    "validate": ("podium.submission:validate_command", "check a submission file"),
+    "score": ("podium.submission:score_command", "score a submission locally"),
+    "submit": ("podium.kaggle:submit_command", "validate, then submit a file or a kernel"),
+    "submissions": ("podium.kaggle:submissions_command", "your Kaggle submissions"),
+    "leaderboard": ("podium.kaggle:leaderboard_command", "the Kaggle leaderboard"),
+    "runs": ("podium.report:runs_command", "the ledger: CV by experiment"),
+    "writeup": ("podium.report:writeup_command", "draft a write-up"),
     # Code competitions: Kaggle runs a pushed notebook (a kernel) instead of taking a file.
-    "push": (
-        "tools",
-        "podium.kaggle:push_command",
-        False,
-        "push a bundle as a Kaggle dataset + kernel (run=false: save it, do not run it)",
-    ),
-    "kernel-output": (
-        "tools",
-        "podium.kaggle:kernel_output_command",
-        False,
-        "the log and output files of a kernel's latest run",
-    ),
+    "push": ("podium.kaggle:push_command", "push a bundle as a Kaggle dataset + kernel"),
+    "kernel-output": ("podium.kaggle:kernel_output_command", "a kernel's latest log and outputs"),
 }
 
 
 def usage() -> str:
-    width = max(map(len, COMMANDS)) + 2
+    helps = {name: spec[-1] for name, spec in (RUN_COMMANDS | TOOL_COMMANDS).items()}
+    width = max(map(len, helps)) + 2
     lines = ["usage: podium <command> [key=value ...] [-m]", "", "commands:"]
-    lines += [f"  {name:<{width}}{spec[3]}" for name, spec in COMMANDS.items()]
+    lines += [f"  {name:<{width}}{text}" for name, text in helps.items()]
     lines += [f"  {'demo':<{width}}the whole loop on the generated demo competition"]
     lines += [f"  {'init':<{width}}make this folder a podium workspace (podium init [DIR])"]
     lines += [f"  {'new':<{width}}create competitions/SLUG from the template (podium new SLUG)"]
@@ -95,15 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             return new_command(args)
         if command == "demo":
             return run_demo(args)
-        if command not in COMMANDS:
-            raise ConfigError(f"unknown command '{command}' (see podium --help)")
-        config_name, target, makes_run, _ = COMMANDS[command]
-        if makes_run:
+        if command in RUN_COMMANDS:
+            config_name, target, _ = RUN_COMMANDS[command]
             return run_with_hydra(command, config_name, target, args)
-        overrides = [a for a in args if not a.startswith("-")]
-        cfg = compose_config(config_name, overrides)
+        if command not in TOOL_COMMANDS:
+            raise ConfigError(f"unknown command '{command}' (see podium --help)")
+        cfg = compose_config("tools", [a for a in args if not a.startswith("-")])
         _setup_logging()
-        return resolve_target(target)(cfg) or 0
+        return resolve_target(TOOL_COMMANDS[command][0])(cfg) or 0
     except ConfigError as e:
         print(f"podium: error: {e}", file=sys.stderr)
         return 2
