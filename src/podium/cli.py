@@ -51,6 +51,8 @@ COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "runs": ("tools", "podium.report:runs_command", False, "the ledger: CV by experiment"),
     "writeup": ("tools", "podium.report:writeup_command", False, "draft a write-up"),
     # Code competitions: Kaggle runs a pushed notebook (a kernel) instead of taking a file.
+    "export": ("export", "podium.export:export_command", False, "bundle runs for a kernel"),
+    "dryrun": ("export", "podium.dryrun:dryrun_command", False, "run a bundle's kernel offline"),
     "push": (
         "tools",
         "podium.kaggle:push_command",
