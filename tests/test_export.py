@@ -12,6 +12,7 @@ import ast
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ EXPORT = [*TINY_DEMO[1:], f"competition.kaggle={SLUG}", f"user={USER}", "tta=fli
 
 
 def sandbox_mode() -> str:
-    return probe_sandbox(Path(__import__("tempfile").mkdtemp(prefix="podium-probe-")))[0]
+    with tempfile.TemporaryDirectory(prefix="podium-probe-") as scratch:
+        return probe_sandbox(Path(scratch))[0]
 
 
 needs_sandbox = pytest.mark.skipif(
