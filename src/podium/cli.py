@@ -14,6 +14,7 @@ import importlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -32,35 +33,50 @@ from podium.workspace import workspace_root
 
 log = logging.getLogger("podium")
 
-# Commands that make a run directory (Hydra's, `hydra.run.dir=DIR`, `-m` sweeps):
-#   name -> (configs/<name>.yaml, "module:function" taking (cfg, run_dir), one-line help)
-RUN_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("train", "podium.launch:main", "train one model (a fold, a seed)"),
-    "tune": ("tune", "podium.tune:tune_command", "tune post-processing on out-of-fold predictions"),
-    "predict": ("predict", "podium.infer:predict_command", "ensemble runs on the test set"),
-}
-# Commands that compose configs/tools.yaml and run in place:
-#   name -> ("module:function" taking (cfg), one-line help)
-TOOL_COMMANDS: dict[str, tuple[str, str]] = {
-    "download": ("podium.download:download_command", "get a competition's data"),
-    "validate": ("podium.submission:validate_command", "check a submission file"),
-    "score": ("podium.submission:score_command", "score a submission locally"),
-    "submit": ("podium.kaggle:submit_command", "validate, then submit a file or a kernel"),
-    "submissions": ("podium.kaggle:submissions_command", "your Kaggle submissions"),
-    "leaderboard": ("podium.kaggle:leaderboard_command", "the Kaggle leaderboard"),
-    "runs": ("podium.report:runs_command", "the ledger: CV by experiment"),
-    "writeup": ("podium.report:writeup_command", "draft a write-up"),
-    # Code competitions: Kaggle runs a pushed notebook (a kernel) instead of taking a file.
-    "push": ("podium.kaggle:push_command", "push a bundle as a Kaggle dataset + kernel"),
-    "kernel-output": ("podium.kaggle:kernel_output_command", "a kernel's latest log and outputs"),
+# Every command (but init, new and demo): its name, the config it composes
+# (configs/<config>.yaml), the function that runs it, whether it makes a run directory (then it
+# runs under hydra.main: `hydra.run.dir=DIR`, `-m` sweeps, and the function also takes the
+# run_dir), and its one-line help. In the order of the loop.
+_COMMAND_TABLE = """
+download      tools   podium.download:download_command    -   get a competition's data
+train         train   podium.launch:main                  run train one model (a fold, a seed)
+tune          tune    podium.tune:tune_command            run tune post-processing on OOF
+predict       predict podium.infer:predict_command        run ensemble runs on the test set
+validate      tools   podium.submission:validate_command  -   check a submission file
+score         tools   podium.submission:score_command     -   score a submission locally
+submit        tools   podium.kaggle:submit_command        -   check, then submit a file or kernel
+submissions   tools   podium.kaggle:submissions_command   -   your Kaggle submissions
+leaderboard   tools   podium.kaggle:leaderboard_command   -   the Kaggle leaderboard
+export        export  podium.export:export_command        -   bundle runs for a Kaggle kernel
+dryrun        export  podium.dryrun:dryrun_command        -   run a bundle's kernel offline
+push          tools   podium.kaggle:push_command          -   push a bundle: dataset + kernel
+kernel-output tools   podium.kaggle:kernel_output_command -   a kernel's latest log and outputs
+runs          tools   podium.report:runs_command          -   the ledger: CV by experiment
+writeup       tools   podium.report:writeup_command       -   draft a write-up
+"""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    config: str
+    target: str  # "module:function"
+    makes_run: bool
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    name: Command(name, config, target, kind == "run", text)
+    for name, config, target, kind, text in (
+        line.split(maxsplit=4) for line in _COMMAND_TABLE.strip().splitlines()
+    )
 }
 
 
 def usage() -> str:
-    helps = {name: spec[-1] for name, spec in (RUN_COMMANDS | TOOL_COMMANDS).items()}
-    width = max(map(len, helps)) + 2
+    width = max(map(len, COMMANDS)) + 2
     lines = ["usage: podium <command> [key=value ...] [-m]", "", "commands:"]
-    lines += [f"  {name:<{width}}{text}" for name, text in helps.items()]
+    lines += [f"  {name:<{width}}{command.help}" for name, command in COMMANDS.items()]
     lines += [f"  {'demo':<{width}}the whole loop on the generated demo competition"]
     lines += [f"  {'init':<{width}}make this folder a podium workspace (podium init [DIR])"]
     lines += [f"  {'new':<{width}}create competitions/SLUG from the template (podium new SLUG)"]
@@ -86,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             return new_command(args)
         if command == "demo":
             return run_demo(args)
-        if command in RUN_COMMANDS:
-            config_name, target, _ = RUN_COMMANDS[command]
-            return run_with_hydra(command, config_name, target, args)
-        if command not in TOOL_COMMANDS:
+        if command not in COMMANDS:
             raise ConfigError(f"unknown command '{command}' (see podium --help)")
-        cfg = compose_config("tools", [a for a in args if not a.startswith("-")])
+        spec = COMMANDS[command]
+        if spec.makes_run:
+            return run_with_hydra(command, spec.config, spec.target, args)
+        cfg = compose_config(spec.config, [a for a in args if not a.startswith("-")])
         _setup_logging()
-        return resolve_target(TOOL_COMMANDS[command][0])(cfg) or 0
+        return resolve_target(spec.target)(cfg) or 0
     except ConfigError as e:
         print(f"podium: error: {e}", file=sys.stderr)
         return 2

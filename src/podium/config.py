@@ -59,6 +59,10 @@ COMPETITION_DEFAULTS = {
     "kaggle": None,  # the Kaggle slug; null for local competitions
     # Kaggle scores a notebook, not a file: submit with `podium push` + `podium submit kernel=`
     "code_competition": False,
+    # A code competition's notebook limit, and the size of the hidden test set it predicts
+    # (null: as many images as the local test set); `podium dryrun` extrapolates to them.
+    "kernel_time_limit_h": 9,
+    "hidden_test_images": None,
     "task": "binary",  # binary | multiclass | multilabel
     "classes": ["foreground"],
     "metric": "dice",  # a name in podium.metrics.METRICS, or "adapter" (Adapter.score_image)
