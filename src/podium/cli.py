@@ -142,14 +142,14 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
         # Each value alone when resuming: the overrides go onto the run's saved config.
         check_overrides(config_name, overrides, cross_key=not resume)
     register_competitions()
-    function = resolve_target(target)
 
     def task(cfg: DictConfig) -> float | None:
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         try:
             cfg = checked_run_config(cfg, list(hydra_cfg.overrides.task), run_dir)
-            return function(cfg, run_dir)
+            # Imported once the config is checked: torch and smp take seconds to import.
+            return resolve_target(target)(cfg, run_dir)
         except ConfigError as e:
             print(f"podium: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

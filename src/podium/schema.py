@@ -19,6 +19,7 @@ whatever file or override set them, and reads as the reference of the settings.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -263,37 +264,19 @@ def _some_loss_weight(s: Settings) -> str | None:
     return None
 
 
-def _warmup_within_the_run(s: Settings) -> str | None:
-    # Equal is allowed: a 1-epoch test run with the default 1-epoch warm-up is a fine smoke test.
-    if s.has("scheduler.warmup_epochs", "trainer.max_epochs"):
-        warmup, epochs = s.get("scheduler.warmup_epochs"), s.get("trainer.max_epochs")
-        if warmup > epochs:
-            return (
-                f"scheduler.warmup_epochs={show(warmup)}: expected at most "
-                f"trainer.max_epochs={epochs} (a longer warm-up never reaches optimizer.lr)"
-            )
-    return None
+def key_bound(key: str, relation: str, other: str, why: str) -> Callable[[Settings], str | None]:
+    """The rule `key <relation> other` (<, <= or >=), for two numeric settings both given."""
+    holds = {"<": operator.lt, "<=": operator.le, ">=": operator.ge}[relation]
+    words = {"<": "less than", "<=": "at most", ">=": "at least"}[relation]
 
+    def rule(s: Settings) -> str | None:
+        value, bound = s.get(key), s.get(other)
+        if any(v is None or v is _ABSENT for v in (value, bound)) or holds(value, bound):
+            return None
+        return f"{s.name(key)}={show(value)}: expected {words} {s.name(other)}={bound} ({why})"
 
-def _fold_among_the_folds(s: Settings) -> str | None:
-    if s.has("fold", "competition.n_folds"):
-        fold, n_folds = s.get("fold"), s.get("competition.n_folds")
-        if fold >= n_folds:
-            return (
-                f"fold={fold}: expected an integer from 0 to {n_folds - 1} "
-                f"(competition.n_folds={n_folds})"
-            )
-    return None
-
-
-def _whole_accumulations(s: Settings) -> str | None:
-    limit, accumulate = s.get("trainer.limit_train_batches"), s.get("trainer.accumulate")
-    if s.has("trainer.accumulate") and isinstance(limit, int) and limit < accumulate:
-        return (
-            f"trainer.limit_train_batches={limit}: expected at least trainer.accumulate="
-            f"{accumulate} (fewer batches than one accumulation make no optimizer step)"
-        )
-    return None
+    rule.__name__ = f"{key} {relation} {other}"
+    return rule
 
 
 def _one_statistic_per_channel(s: Settings) -> str | None:
@@ -339,9 +322,10 @@ def _nesterov_with_momentum(s: Settings) -> str | None:
 
 CROSS_KEY_RULES: list[Callable[[Settings], str | None]] = [
     _some_loss_weight,
-    _warmup_within_the_run,
-    _fold_among_the_folds,
-    _whole_accumulations,
+    # Equal is allowed: a 1-epoch test run with the default 1-epoch warm-up is a fine smoke test.
+    key_bound("scheduler.warmup_epochs", "<=", "trainer.max_epochs", "warm-up past the run's end"),
+    key_bound("fold", "<", "competition.n_folds", "folds count from 0"),
+    key_bound("trainer.limit_train_batches", ">=", "trainer.accumulate", "else no optimizer step"),
     _one_statistic_per_channel,
     _classes_of_the_task,
     _one_weight_per_run_entry,
