@@ -130,7 +130,7 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
     overrides = [a for a in args if not a.startswith("-")]
     resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
     if resume:
-        from podium import rundir  # imports torch: a config check without it takes a second
+        from podium import rundir  # imports torch: only a resumed run waits for it before the check
 
         resume_dir = Path(resume).resolve()
         if not rundir.is_run(resume_dir):
