@@ -51,7 +51,7 @@ def readme_loop() -> str:
 def test_readme_loop_runs_as_written(kaggle_home, monkeypatch, tmp_path: Path) -> None:
     block = readme_loop()
     assert block.startswith(f"C={SLUG}\n") and "podium writeup" in block
-    fake = FakeKaggle(key=KEY, max_lifetime_s=900)  # the loop outlives the default 120 s
+    fake = FakeKaggle(key=KEY, max_lifetime_s=900)  # alive as long as the script may run
     train_ids = [f"{n:010x}" for n in range(15)]
     test_ids = [f"{n:010x}" for n in range(100, 104)]
     files = kaggle_layouts.tgs_salt(train_ids, test_ids)

@@ -4,14 +4,16 @@ Every command composes a Hydra config (configs/<config>.yaml) and takes Hydra ov
 that produce a run (train, predict, tune) go through `hydra.main`, so `hydra.run.dir=DIR`, `-m`
 sweeps and Hydra's own flags work; the others compose the config and run in place.
 
-Errors: a misspelt key or unknown option is one line and exit code 2; any other podium error
-(bad file, missing data...) is one line and exit code 1. No tracebacks for user mistakes.
+Errors: a misspelt key, an unknown option or a value of the wrong type or range is one line and
+exit code 2, before anything runs; any other podium error (bad file, missing data...) is one line
+and exit code 1. No tracebacks for user mistakes.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -19,9 +21,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from podium import rundir
 from podium.config import (
     ConfigError,
+    check_config,
     check_overrides,
     compose_config,
     config_dir,
@@ -144,6 +146,8 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
     overrides = [a for a in args if not a.startswith("-")]
     resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
     if resume:
+        from podium import rundir  # imports torch: only a resumed run waits for it before the check
+
         resume_dir = Path(resume).resolve()
         if not rundir.is_run(resume_dir):
             raise ConfigError(f"resume={resume}: not a run directory (no {rundir.CONFIG} there)")
@@ -151,16 +155,17 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
         args += [f"resume={resume_dir}", f"hydra.run.dir={resume_dir}"]
         overrides = [a for a in args if not a.startswith("-")]
     if "--help" not in args and "-h" not in args and "--hydra-help" not in args:
-        check_overrides(config_name, overrides)
+        # Each value alone when resuming: the overrides go onto the run's saved config.
+        check_overrides(config_name, overrides, cross_key=not resume)
     register_competitions()
-    function = resolve_target(target)
 
     def task(cfg: DictConfig) -> float | None:
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         try:
-            cfg = prepare_run_config(cfg, list(hydra_cfg.overrides.task), run_dir)
-            return function(cfg, run_dir)
+            cfg = checked_run_config(cfg, list(hydra_cfg.overrides.task), run_dir)
+            # Imported once the config is checked: torch and smp take seconds to import.
+            return resolve_target(target)(cfg, run_dir)
         except ConfigError as e:
             print(f"podium: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -184,6 +189,21 @@ def run_with_hydra(command: str, config_name: str, target: str, args: list[str])
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def checked_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path) -> DictConfig:
+    """The job's config (a resumed run's: its saved one), checked whole: a sweep's later values
+    and a resumed run meet the same one-line errors. A new run that fails leaves no folder."""
+    try:
+        run_cfg = prepare_run_config(cfg, task_overrides, run_dir)
+        check_config(run_cfg)
+    except ConfigError:
+        made = run_dir.iterdir() if run_dir.is_dir() else ()
+        hydra_files_only = all(p.name == ".hydra" or p.suffix == ".log" for p in made)
+        if not cfg.get("resume") and hydra_files_only:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_cfg
 
 
 def resolve_target(target: str):

@@ -1,5 +1,6 @@
-"""Configuration: competition config registration, composing configs, override checking, and
-which config keys change what a run computes (`result_config`, `config_hash`).
+"""Configuration: competition config registration, composing configs, override checking (every
+value's type and range: podium.schema), and which config keys change what a run computes
+(`result_config`, `config_hash`).
 
 Hydra composes `configs/<command>.yaml` from groups: podium's built-in configs, with the
 workspace's `configs/` laid over them (see `hydra_plugins/podium_workspace`). The `competition`
@@ -14,16 +15,19 @@ import contextlib
 import copy
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from podium import rundir
+from podium import schema
 from podium.io import PodiumError
 from podium.workspace import (
     NotAWorkspace,
@@ -37,6 +41,7 @@ __all__ = [
     "register_competitions",
     "compose_config",
     "check_overrides",
+    "check_config",
     "ConfigError",
     "prepare_run_config",
     "NON_RESULT_GROUPS",
@@ -146,39 +151,113 @@ def load_competition_yaml(config_file: Path) -> DictConfig:
     OmegaConf.set_struct(merged.download.unpack, False)
     merged.name = config_file.parent.name
     merged.dir = str(config_file.parent.resolve())
-    if merged.task not in ("binary", "multiclass", "multilabel"):
-        raise ConfigError(f"{config_file}: task must be binary, multiclass or multilabel")
+    problem = schema.first_problem(merged, section="competition.")
+    if problem:
+        raise ConfigError(f"{config_file}: {problem}")
     return merged
 
 
 def compose_config(config_name: str, overrides: list[str] = ()) -> DictConfig:
-    """Compose `configs/<config_name>.yaml` with overrides (no run directory is created)."""
-    register_competitions()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            return compose(config_name, overrides=list(overrides))
-    except Exception as e:
-        raise ConfigError(explain_hydra_error(e)) from None
-    finally:
-        GlobalHydra.instance().clear()
+    """Compose `configs/<config_name>.yaml` with overrides and check every value's type and
+    range (no run directory is created)."""
+    with _hydra_on_configs():
+        return _compose_checked(config_name, list(overrides))
 
 
-def check_overrides(config_name: str, overrides: list[str]) -> None:
-    """Compose once to catch misspelt keys and unknown options before anything runs; a sweep
-    (`-m fold=0,1,2`) is checked with the first value of each swept key."""
+def check_config(cfg: DictConfig, cross_key: bool = True) -> None:
+    """A ConfigError naming the first setting of `cfg` whose value its type or range does not
+    allow (podium.schema); `cross_key=False` checks each value alone."""
+    problem = schema.first_problem(cfg, cross_key=cross_key)
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_overrides(config_name: str, overrides: list[str], cross_key: bool = True) -> None:
+    """Compose before anything runs, so that misspelt keys, unknown options and wrong values
+    fail at once. A sweep (`-m fold=0,1,2`) is checked value by value, each with the first
+    value of the other swept keys; sweeps that cannot be listed here (interval, glob) are left
+    to each job's own check. `cross_key=False` when the overrides go onto another config (a
+    resumed run's saved one, checked whole when its job starts)."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
         raise ConfigError(explain_hydra_error(e)) from None
-    single = []
-    for override in parsed:
-        if override.is_sweep_override():
-            first = next(iter(override.sweep_string_iterator()))
-            single.append(f"{override.get_key_element()}={first}")
-        else:
-            single.append(override.input_line)
-    compose_config(config_name, single)
+    lines = [_override_lines(override) for override in parsed]
+    first = [choices[0] if choices else None for choices in lines]
+    with _hydra_on_configs():
+        base = _compose_checked(config_name, [f for f in first if f], cross_key)
+        for i, choices in enumerate(lines):
+            for line in choices[1:]:
+                changed = _with_value(base, line)
+                if changed is not None:
+                    check_config(changed, cross_key)
+                    continue
+                trial = [line if j == i else f for j, f in enumerate(first)]
+                _compose_checked(config_name, [f for f in trial if f], cross_key)
+
+
+@contextlib.contextmanager
+def _hydra_on_configs() -> Iterator[None]:
+    """Hydra initialised on podium's configs (competitions registered), for compose() calls."""
+    register_competitions()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            yield
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _compose_checked(config_name: str, overrides: list[str], cross_key: bool = True) -> DictConfig:
+    try:
+        cfg = compose(config_name, overrides=overrides)
+    except Exception as e:
+        raise ConfigError(explain_hydra_error(e)) from None
+    check_config(cfg, cross_key)
+    return cfg
+
+
+def _override_lines(override: Override) -> list[str]:
+    """The single overrides `override` stands for: itself, or one per value of a sweep (none
+    for a sweep that only a sweeper can list: interval, glob)."""
+    if not override.is_sweep_override():
+        return [override.input_line]
+    try:
+        values = list(override.sweep_string_iterator())
+    except HydraException:
+        return []
+    return [f"{override.get_key_element()}={value}" for value in values]
+
+
+def _with_value(base: DictConfig, line: str) -> DictConfig | None:
+    """A copy of `base` with the override `line` applied when it only changes one plain value
+    (fold=3: no need to compose again), else None (a config group, a mapping or list, +/~)."""
+    override = OverridesParser.create().parse_override(line)
+    value, key = override.value(), override.key_or_group
+    if override.is_add() or override.is_force_add() or override.is_delete() or override.package:
+        return None
+    try:
+        current = OmegaConf.select(base, key, default=base)
+    except OmegaConfBaseException:
+        return None
+    if current is base or isinstance(current, DictConfig | ListConfig | Mapping | list):
+        return None
+    if isinstance(value, Mapping | list):
+        return None
+    changed = copy.deepcopy(base)
+    OmegaConf.update(changed, key, value, merge=True)
+    return changed
+
+
+# OmegaConf's messages for a value its node's type refuses, in the words of podium.schema.
+OMEGACONF_REASONS = {
+    r"is not a valid bool": "expected true or false",
+    r"could not be converted to Integer": "expected an integer",
+    r"could not be converted to Float": "expected a number",
+    r"Cannot merge DictConfig with ListConfig": "expected a list, not a mapping",
+    r"Cannot merge ListConfig with DictConfig": "expected a mapping, not a list",
+    r"list index out of range": "no such list index",
+}
 
 
 def explain_hydra_error(error: Exception) -> str:
@@ -195,6 +274,11 @@ def explain_hydra_error(error: Exception) -> str:
     full = re.search(r"full_key: (\S+)", text)
     if key:
         return f"unknown config key '{full.group(1) if full else key.group(1)}'"
+    merging = re.match(r"Error merging override (.+)", text)
+    if merging:  # OmegaConf's own type errors (Hydra's typed settings, a list given a mapping)
+        cause = (str(error.__cause__ or "").splitlines() or ["cannot be merged"])[0]
+        reason = next((r for p, r in OMEGACONF_REASONS.items() if re.search(p, cause)), cause)
+        return f"{merging.group(1)}: {reason}"
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
@@ -273,7 +357,8 @@ def prepare_run_config(cfg: DictConfig, task_overrides: list[str], run_dir: Path
     """Fill `experiment_name` from the overrides and, when resuming, start from the run's saved
     config with only this command line's overrides applied on top."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from podium import rundir  # imports torch: not on the way of every config check
 
     if cfg.get("resume"):
         saved = rundir.read_config(run_dir)
