@@ -61,8 +61,8 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
 
 
 def correlations(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Pearson correlation of the thumbnails of each pair (i, j): 1 for the same picture under
-    noise, a brightness or contrast change or JPEG; 0 where a thumbnail is flat."""
+    """Pearson correlation of the thumbnails (N x H x W, any numbers) of each pair (i, j): 1 for
+    the same picture under noise, a brightness or contrast change or JPEG; 0 where one is flat."""
     flat = thumbs.reshape(len(thumbs), -1).astype(np.float32)
     flat -= flat.mean(1, keepdims=True)
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
