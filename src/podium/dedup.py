@@ -116,18 +116,27 @@ def near_pairs(hashes: np.ndarray, max_distance: int, bands: int | None = None) 
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     count = len(hashes)
     bands = bands or choose_bands(count, max_distance)
-    radius = max_distance // bands
     found = [np.empty(0, np.int64)]
     shift = 0
     for width in _band_widths(bands):
         keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
         shift += width
         order = np.argsort(keys, kind="stable")
-        bucket_of = _bucket_index(keys[order], width)
-        for flips in _flip_masks(width, radius):
-            lo, hi = bucket_of(keys ^ np.uint64(flips))
-            found += _compare_ranges(hashes, order, lo, hi, max_distance)
-    keys = np.unique(np.concatenate(found))
+        sorted_keys = keys[order]
+        bucket_of = _bucket_index(sorted_keys, width)
+        # Equal band values: each member of a bucket against the members after it.
+        _, ends = bucket_of(sorted_keys)
+        found += _compare_ranges(hashes, order, order, np.arange(1, count + 1), ends, max_distance)
+        # Values `flips` apart: probed only from the key with the top bit of `flips` clear, so
+        # each pair is compared once.
+        clear = [
+            np.flatnonzero((keys >> np.uint64(bit)) & np.uint64(1) == 0) for bit in range(width)
+        ]
+        for flips in _flip_masks(width, max_distance // bands):
+            probing = clear[flips.bit_length() - 1]
+            lo, hi = bucket_of(keys[probing] ^ np.uint64(flips))
+            found += _compare_ranges(hashes, order, probing, lo, hi, max_distance)
+    keys = np.unique(np.concatenate(found))  # a pair close in several bands is found in each
     first, second = keys // max(count, 1), keys % max(count, 1)
     distances = hamming(hashes[first], hashes[second])
     return np.stack([first, second, distances], axis=1) if len(keys) else np.empty((0, 3), np.int64)
@@ -146,35 +155,34 @@ def _bucket_index(sorted_keys: np.ndarray, width: int):
 
 
 def _flip_masks(width: int, radius: int):
-    """Every `width`-bit value with at most `radius` bits set."""
-    for k in range(min(radius, width) + 1):
+    """Every nonzero `width`-bit value with at most `radius` bits set."""
+    for k in range(1, min(radius, width) + 1):
         for positions in itertools.combinations(range(width), k):
             yield sum(1 << p for p in positions)
 
 
-def _compare_ranges(hashes, order, lo, hi, max_distance: int) -> list[np.ndarray]:
-    """Pair keys (i * n + j, i < j) of hash i with the bucket members order[lo[i]:hi[i]] that lie
-    within `max_distance`; in chunks of at most about _CHUNK candidates."""
+def _compare_ranges(hashes, order, probing, lo, hi, max_distance: int) -> list[np.ndarray]:
+    """Pair keys (min * n + max) of each hash probing[k] with the bucket members
+    order[lo[k]:hi[k]] that lie within `max_distance`; in chunks of about _CHUNK candidates."""
     count = len(hashes)
-    items = np.flatnonzero(hi > lo)  # most probes of a wide band hit an empty bucket
-    lo, sizes = lo[items], (hi - lo)[items]
+    hit = np.flatnonzero(hi > lo)  # most probes of a wide band find an empty bucket
+    probing, lo, sizes = probing[hit], lo[hit], (hi - lo)[hit]
     ends = np.cumsum(sizes)
     if not len(ends):
         return []
     cuts = np.searchsorted(ends, np.arange(_CHUNK, ends[-1], _CHUNK), "left") + 1
     out = []
-    for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(items)], strict=True):
+    for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(hit)], strict=True):
         chunk = sizes[start:stop]
         total = int(chunk.sum())
         if total == 0:
             continue
-        left = np.repeat(items[start:stop], chunk)
+        left = np.repeat(probing[start:stop], chunk)
         within = np.arange(total) - np.repeat(np.cumsum(chunk) - chunk, chunk)
         right = order[np.repeat(lo[start:stop], chunk) + within]
-        keep = left < right
-        left, right = left[keep], right[keep]
         close = hamming(hashes[left], hashes[right]) <= max_distance
-        out.append(left[close] * count + right[close])
+        left, right = left[close], right[close]
+        out.append(np.minimum(left, right) * count + np.maximum(left, right))
     return out
 
 

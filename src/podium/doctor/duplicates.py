@@ -4,10 +4,13 @@ Candidate pairs are perceptual hashes at most `doctor.hash_distance` bits apart 
 bucketed, not all pairs); a candidate counts when its pixels are identical or its 16x16 grey
 thumbnails, less the mean thumbnail of the set (what every image shows, such as an endoscope's
 frame, would make any two look alike), correlate at `doctor.min_correlation` or more. Hashes
-alone collide: TGS Salt has 198 candidate pairs within 12 bits and 3 confirmed, Kvasir-SEG 1443
-and 7; copies under noise, a brightness shift, JPEG, a 2-pixel crop or a 1-pixel shift
-correlated at 0.99 in the tests, unrelated scenes under 0.6. Featureless images (grey std
-under `doctor.min_std`, e.g. TGS's 64 blank patches) are left out: their hash is noise.
+alone collide: TGS Salt has 72 candidate pairs within 10 bits and 3 confirmed, Kvasir-SEG 398
+and 5; copies under noise, a brightness shift, JPEG, a 2-pixel crop or a 1-pixel shift
+correlated at 0.99 in the tests, unrelated scenes under 0.6. A 10-bit distance (the default)
+holds such copies (a 1-2 pixel shift of a 128-pixel scene moved up to 12 bits, 10 in 99%);
+12 bits catch more shifted copies and search 100,000 images 5x slower (bench/doctor.py).
+Featureless images (grey std under `doctor.min_std`, e.g. TGS's 64 blank patches) are left
+out: their hash is noise.
 
 Pairs chain into clusters (connected components); a cluster across folds inflates CV.
 `doctor.group_duplicates=true` writes the training images of each cluster to
@@ -129,7 +132,8 @@ def duplicates_section(
         "or more, or identical pixels. "
         f"{featureless} featureless images (grey std < {options.min_std}) are not compared.",
         "",
-        f"**{len(pairs)} pairs** ({exact} exact) in **{clusters} clusters**; "
+        f"**{plural(len(pairs), 'pair')}** ({exact} exact) in "
+        f"**{plural(clusters, 'cluster')}**; "
         f"{len(across)} pairs across folds. Folds: {folds_note}.",
         "",
     ]
@@ -144,8 +148,9 @@ def duplicates_section(
         plot_pairs(competition, pairs[:6], files / "duplicates.png")
         body += figure(files, "duplicates.png", "duplicate pairs")
     summary = (
-        f"duplicates: {len(pairs)} pairs ({exact} exact) in {clusters} clusters, "
-        f"{len(across)} across folds; {featureless} featureless images not compared"
+        f"duplicates: {plural(len(pairs), 'pair')} ({exact} exact) in "
+        f"{plural(clusters, 'cluster')}, {len(across)} across folds; "
+        f"{plural(featureless, 'featureless image')} not compared"
     )
     return Section("Duplicates and folds", body, summary, problems)
 
