@@ -34,7 +34,7 @@ log = logging.getLogger("podium")
 # command -> (config name, "module:function", produces a run directory, one-line help)
 COMMANDS: dict[str, tuple[str, str, bool, str]] = {
     "download": ("tools", "podium.download:download_command", False, "get a competition's data"),
-    "doctor": ("tools", "podium.doctor:doctor_command", False, "check the data: masks, duplicates"),
+    "doctor": ("tools", "podium.doctor:doctor_command", False, "check the data first"),  # exits 0
     "train": ("train", "podium.launch:main", True, "train one model (a fold, a seed)"),
     "tune": ("tune", "podium.infer:tune", True, "tune post-processing on out-of-fold predictions"),
     "predict": ("predict", "podium.infer:predict", True, "ensemble runs on the test set"),

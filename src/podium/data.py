@@ -318,9 +318,9 @@ def read_folds(
     split = sorted(c for c, spanned in cluster_folds.items() if len(spanned) > 1)
     if split:
         raise PodiumError(
-            f"{path}: splits {len(split)} near-duplicate clusters of {DUPLICATE_GROUPS} across "
-            f"folds (e.g. {split[0]}: folds {sorted(cluster_folds[split[0]])}); delete it to make "
-            "folds that keep each cluster in one fold"
+            f"{path}: near-duplicate clusters of {DUPLICATE_GROUPS} span folds ({len(split)}, "
+            f"e.g. {split[0]}: folds {sorted(cluster_folds[split[0]])}); delete it to make folds "
+            "that keep each cluster in one fold"
         )
     return folds
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,14 +53,18 @@ def doctor_command(cfg: DictConfig) -> int:
         )
     competition = load_competition(cfg)
     competition.require_data()
-    splits = {"train": competition.train_samples()}
-    splits["test"] = competition.test_samples() if options.include_test else []
+    splits, problems = {"train": competition.train_samples(), "test": []}, []
+    if options.include_test:
+        try:
+            splits["test"] = competition.test_samples()
+        except PodiumError as e:  # the training images still deserve their checks
+            problems.append(f"test images: cannot list them ({e})")
     out_dir = Path(options.out_dir or Path(cfg.paths.root_dir) / "doctor")
     # One cache per data folder: image-folder reads many, under one competition name.
     where = hashlib.sha1(str(competition.data_dir.resolve()).encode()).hexdigest()[:8]
     cache = out_dir / ".cache" / f"{competition.name}-{where}.npz"
     entries = scan(competition, splits, cache, resolve_num_workers(options.workers) or 1)
-    report = write_report(competition, entries, options, out_dir)
+    report = write_report(competition, entries, options, out_dir, problems)
     for line in report.summary:
         print(line)
     print("problems:" if report.problems else "no problems found")
@@ -70,10 +75,14 @@ def doctor_command(cfg: DictConfig) -> int:
 
 
 def write_report(
-    competition: Competition, entries: list[Entry], options: DictConfig, out_dir: Path
+    competition: Competition,
+    entries: list[Entry],
+    options: DictConfig,
+    out_dir: Path,
+    problems: Sequence[str] = (),
 ) -> Report:
     """Write `<out_dir>/<competition>.md`, and its figures and pairs.csv in
-    `<out_dir>/<competition>/`."""
+    `<out_dir>/<competition>/`; `problems` found before the scan come first."""
     from podium.doctor.duplicates import duplicates_section
     from podium.doctor.sections import images_section, masks_section, splits_section
 
@@ -86,7 +95,7 @@ def write_report(
         splits_section(readable, files),
         duplicates_section(competition, entries, readable, options, files),
     ]
-    problems = [p for s in sections for p in s.problems]
+    problems = [*problems, *(p for s in sections for p in s.problems)]
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         f"# Data doctor: {competition.name}",

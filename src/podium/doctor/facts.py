@@ -25,26 +25,11 @@ from podium.competition import Competition, Sample
 from podium.data import mask_files
 from podium.io import PodiumError
 
-__all__ = ["Facts", "Entry", "MODES", "scan", "read_facts", "mask_convention"]
+__all__ = ["Facts", "Entry", "mode_format", "scan", "read_facts", "mask_convention"]
 
 CACHE_VERSION = 1
 _MAX_VALUES = 32  # raw mask values kept per mask
 _LABELS = 8  # a mask with at most this many distinct values holds labels; more are greys
-# PIL mode -> (channels, bits per channel) of an image file
-MODES = {
-    "1": (1, 1),
-    "L": (1, 8),
-    "P": (1, 8),
-    "LA": (2, 8),
-    "RGB": (3, 8),
-    "RGBA": (4, 8),
-    "CMYK": (4, 8),
-    "YCbCr": (3, 8),
-    "I;16": (1, 16),
-    "I;16B": (1, 16),
-    "I": (1, 32),
-    "F": (1, 32),
-}
 
 
 @dataclass(eq=False)
@@ -231,6 +216,18 @@ def mask_convention(facts: Facts, task: str, n_classes: int) -> str:
 
 
 # -- the cache ----------------------------------------------------------------------------------
+def mode_format(mode: str) -> tuple[int, int]:
+    """(channels, bits per channel) of an image file's PIL mode; (0, 0) for one PIL lacks."""
+    from PIL import ImageMode
+
+    try:
+        info = ImageMode.getmode(mode)
+    except KeyError:
+        return 0, 0
+    bits = 1 if mode == "1" else np.dtype(info.typestr).itemsize * 8
+    return len(info.bands), bits
+
+
 def _signature(competition: Competition) -> str:
     """What else decides the facts: the adapter, its options, task and classes."""
     options = OmegaConf.to_container(competition.options, resolve=True)

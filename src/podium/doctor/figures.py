@@ -31,6 +31,19 @@ def _write_png(fig: Figure, path: Path) -> None:
         fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
 
 
+def _finish(ax) -> None:
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # an empty legend is a matplotlib warning
+        ax.legend(fontsize=8)
+
+
+def _shown(image: np.ndarray) -> np.ndarray:
+    """What imshow can draw of an adapter's image: its first three channels, or grey."""
+    if image.ndim == 3 and image.shape[2] >= 3:
+        return image[..., :3]
+    return image if image.ndim == 2 else image[..., 0]
+
+
 def plot_sizes(entries: list[Entry], path: Path) -> None:
     """Image width against height, one dot per distinct size and split, sized by its count."""
     from matplotlib.figure import Figure
@@ -50,8 +63,7 @@ def plot_sizes(entries: list[Entry], path: Path) -> None:
                 label=f"{split} ({counts.sum()})",
             )
     ax.set(xlabel="width (px)", ylabel="height (px)", title="Image sizes (dot area: count)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax)
     _write_png(fig, path)
 
 
@@ -74,8 +86,7 @@ def plot_intensity(by_split: dict[str, list[Facts]], path: Path) -> None:
                     label=f"{split} ({len(values)})",
                 )
         ax.set(xlabel=f"{title} of an image", ylabel="density", title=title.capitalize())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _finish(ax)
     _write_png(fig, path)
 
 
@@ -92,8 +103,7 @@ def plot_coverage(coverage: np.ndarray, names: list[str], path: Path) -> None:
                 present, bins=np.linspace(0, 1, 41), alpha=0.5, label=f"{name} ({len(present)})"
             )
     ax.set(xlabel="share of the image", ylabel="images", title="Mask coverage (non-empty masks)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax)
     _write_png(fig, path)
 
 
@@ -105,7 +115,7 @@ def plot_pairs(competition: Competition, pairs: list[Pair], path: Path) -> None:
     axes = np.asarray(fig.subplots(len(pairs), 2, squeeze=False))
     for row, pair in zip(axes, pairs, strict=True):
         for ax, entry, fold in zip(row, (pair.a, pair.b), (pair.fold_a, pair.fold_b), strict=True):
-            image = competition.read_image(entry.sample)
+            image = _shown(competition.read_image(entry.sample))
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             where = f"fold {fold}" if entry.split == "train" else entry.split
             ax.set_title(f"{entry.sample.id} ({where})", fontsize=8)

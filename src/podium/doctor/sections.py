@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from podium.competition import Competition
-from podium.doctor.facts import MODES, Entry, Facts, mask_convention
+from podium.doctor.facts import Entry, Facts, mask_convention, mode_format
 from podium.doctor.figures import plot_coverage, plot_intensity, plot_sizes
 from podium.tables import render_table
 
@@ -55,7 +55,7 @@ def _size(facts: Facts) -> str:
 
 
 def _mode(mode: str) -> str:
-    channels, bits = MODES.get(mode, (0, 0))
+    channels, bits = mode_format(mode)
     return f"{mode} ({channels}x{bits}-bit)" if channels else mode
 
 
@@ -136,7 +136,9 @@ def masks_section(competition: Competition, train: list[Entry], files: Path) -> 
         "",
     ]
     names = classes[1:] if task == "multiclass" else classes
-    coverage = [e.facts.coverage for e in train if e.facts.coverage and not e.facts.error]
+    coverage = [
+        e.facts.coverage for e in train if len(e.facts.coverage) == len(names) and not e.facts.error
+    ]
     table, summary = _coverage(np.array(coverage, np.float64).reshape(-1, len(names)), names, files)
     body += table
     for title, listed in (("Masks off the convention", odd), ("Masks of another size", wrong)):
