@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import albumentations as A
@@ -31,6 +31,11 @@ __all__ = [
     "build_transforms",
     "make_folds",
     "load_or_make_folds",
+    "read_folds",
+    "read_duplicate_groups",
+    "fold_groups",
+    "DUPLICATE_GROUPS",
+    "mask_files",
     "split_samples",
     "pad_collate",
     "resolve_num_workers",
@@ -206,15 +211,26 @@ def make_loader(
     )
 
 
-# -- folds ------------------------------------------------------------------------------------
-def make_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> dict[str, int]:
+# -- folds ----------------------------------------------------------------------------------
+# `podium doctor ... doctor.group_duplicates=true` writes this file next to folds.csv (id,
+# cluster: near-duplicate images). While it exists, folds keep each cluster in one fold.
+DUPLICATE_GROUPS = "duplicate_groups.csv"
+
+
+def make_folds(
+    samples: Sequence[Sample],
+    n_folds: int,
+    seed: int,
+    duplicate_groups: Mapping[str, str] | None = None,
+) -> dict[str, int]:
     """Assign each sample a fold: samples of one group share a fold, and folds are balanced on
-    the stratification key (scikit-learn's StratifiedGroupKFold)."""
+    the stratification key (scikit-learn's StratifiedGroupKFold). `duplicate_groups` (id ->
+    cluster) joins the groups of each cluster's images, so a cluster lands in one fold."""
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     if len(samples) < n_folds:
         raise PodiumError(f"{len(samples)} samples cannot make {n_folds} folds")
-    groups = [s.group if s.group is not None else s.id for s in samples]
+    groups = fold_groups(samples, duplicate_groups)
     if len(set(groups)) < n_folds:
         raise PodiumError(f"{len(set(groups))} groups cannot make {n_folds} folds")
     strata = [str(s.stratify) for s in samples]
@@ -228,30 +244,99 @@ def make_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> dict[str, 
     return {samples[i].id: fold for fold, (_, val) in enumerate(splits) for i in val}
 
 
+def fold_groups(
+    samples: Sequence[Sample], duplicate_groups: Mapping[str, str] | None = None
+) -> list[str]:
+    """The fold group of each sample: its adapter group (else its id), with the groups that a
+    duplicate cluster links merged into one (union-find: clusters may chain groups)."""
+    own = [s.group if s.group is not None else s.id for s in samples]
+    if not duplicate_groups:
+        return own
+    parent = {group: group for group in own}
+
+    def root(group: str) -> str:
+        while parent[group] != group:
+            parent[group] = parent[parent[group]]
+            group = parent[group]
+        return group
+
+    first_of_cluster: dict[str, str] = {}
+    for sample, group in zip(samples, own, strict=True):
+        cluster = duplicate_groups.get(sample.id)
+        if cluster is None:
+            continue
+        other = first_of_cluster.setdefault(cluster, group)
+        parent[root(group)] = root(other)
+    return [root(group) for group in own]
+
+
+def read_duplicate_groups(path: Path, samples: Sequence[Sample]) -> dict[str, str] | None:
+    """duplicate_groups.csv (id, cluster) as {id: cluster}; None when there is no such file.
+    Ids the competition does not have mean the file is stale: an error, never ignored."""
+    if not path.is_file():
+        return None
+    try:
+        clusters = {row["id"]: row["cluster"] for row in io.read_csv_rows(path)}
+    except KeyError:
+        raise PodiumError(f"{path}: expected columns id,cluster") from None
+    unknown = set(clusters) - {s.id for s in samples}
+    if unknown:
+        raise PodiumError(
+            f"{path}: lists {len(unknown)} ids the competition does not have (e.g. "
+            f"{min(unknown)}); run `podium doctor doctor.group_duplicates=true` again or delete it"
+        )
+    return clusters
+
+
+def read_folds(
+    path: Path,
+    samples: Sequence[Sample],
+    n_folds: int,
+    duplicate_groups: Mapping[str, str] | None = None,
+) -> dict[str, int]:
+    """folds.csv (id, fold), checked against the samples, the fold count and the duplicate
+    clusters: folds for other samples, another count, or that split a cluster are an error."""
+    rows = io.read_csv_rows(path)
+    try:
+        folds = {row["id"]: int(row["fold"]) for row in rows}
+    except (KeyError, ValueError):
+        raise PodiumError(f"{path}: expected columns id,fold with integer folds") from None
+    ids = {s.id for s in samples}
+    if set(folds) != ids:
+        raise PodiumError(
+            f"{path}: lists {len(folds)} ids but the competition has {len(ids)} "
+            f"({len(set(folds) ^ ids)} differ); delete it to make new folds"
+        )
+    if len(set(folds.values())) != n_folds:
+        raise PodiumError(
+            f"{path}: has {len(set(folds.values()))} folds but competition.n_folds={n_folds}; "
+            "delete it or set competition.n_folds"
+        )
+    cluster_folds: dict[str, set[int]] = {}
+    for image_id, cluster in (duplicate_groups or {}).items():
+        cluster_folds.setdefault(cluster, set()).add(folds[image_id])
+    split = sorted(c for c, spanned in cluster_folds.items() if len(spanned) > 1)
+    if split:
+        raise PodiumError(
+            f"{path}: near-duplicate clusters of {DUPLICATE_GROUPS} span folds ({len(split)}, "
+            f"e.g. {split[0]}: folds {sorted(cluster_folds[split[0]])}); delete it to make folds "
+            "that keep each cluster in one fold"
+        )
+    return folds
+
+
 def load_or_make_folds(samples: Sequence[Sample], path: Path, n_folds: int, seed: int):
     """Read `folds.csv` (id, fold) if it exists and matches the samples, else make and save it.
-    A folds.csv for other samples or another fold count is an error, never silently replaced."""
-    ids = {s.id for s in samples}
+    A folds.csv for other samples or another fold count, or one that splits a near-duplicate
+    cluster of duplicate_groups.csv (beside it), is an error, never silently replaced."""
+    duplicate_groups = read_duplicate_groups(path.parent / DUPLICATE_GROUPS, samples)
     if path.is_file():
-        rows = io.read_csv_rows(path)
-        try:
-            folds = {row["id"]: int(row["fold"]) for row in rows}
-        except (KeyError, ValueError):
-            raise PodiumError(f"{path}: expected columns id,fold with integer folds") from None
-        if set(folds) != ids:
-            raise PodiumError(
-                f"{path}: lists {len(folds)} ids but the competition has {len(ids)} "
-                f"({len(set(folds) ^ ids)} differ); delete it to make new folds"
-            )
-        if len(set(folds.values())) != n_folds:
-            raise PodiumError(
-                f"{path}: has {len(set(folds.values()))} folds but competition.n_folds={n_folds}; "
-                "delete it or set competition.n_folds"
-            )
-        return folds
-    folds = make_folds(samples, n_folds, seed)
+        return read_folds(path, samples, n_folds, duplicate_groups)
+    folds = make_folds(samples, n_folds, seed, duplicate_groups)
     io.write_csv(path, [{"id": s.id, "fold": folds[s.id]} for s in samples], ["id", "fold"])
-    log.info("wrote %s (%d folds, grouped and stratified)", path, n_folds)
+    clusters = len(set(duplicate_groups.values())) if duplicate_groups else 0
+    kept = f", {clusters} near-duplicate clusters in one fold each" if clusters else ""
+    log.info("wrote %s (%d folds, grouped and stratified%s)", path, n_folds, kept)
     return folds
 
 
@@ -309,7 +394,8 @@ def _listed(competition: Competition, split: str) -> list[Sample]:
         ) from None
 
 
-def _mask_files(sample: Sample) -> list[Path]:
+def mask_files(sample: Sample) -> list[Path]:
+    """The mask files a sample references (none when its masks are encoded strings)."""
     sources = sample.mask if isinstance(sample.mask, (list, tuple)) else [sample.mask]
     return [s for s in sources if isinstance(s, Path)]
 
@@ -318,7 +404,7 @@ def _referenced_files(train: list[Sample], test: list[Sample]):
     """(what, sample, path) of every file the samples reference."""
     for sample in train:
         yield "train image", sample, Path(sample.image)
-        for mask in _mask_files(sample):
+        for mask in mask_files(sample):
             yield "mask", sample, mask
     for sample in test:
         yield "test image", sample, Path(sample.image)
@@ -327,7 +413,7 @@ def _referenced_files(train: list[Sample], test: list[Sample]):
 def _mask_summary(competition: Competition, train: list[Sample]) -> str:
     """ "1562 empty masks" when masks are encoded strings (cheap to tell), else "5088 mask
     files" (telling empty ones apart would mean decoding every file)."""
-    files = sum(len(_mask_files(s)) for s in train)
+    files = sum(len(mask_files(s)) for s in train)
     if files:
         return f"{files} mask files"
 

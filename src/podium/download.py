@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from podium import io
 from podium.archives import UnpackRules
 from podium.competition import Competition, load_competition
-from podium.data import check_layout
+from podium.data import DUPLICATE_GROUPS, check_layout
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def _prepare(competition: Competition, cfg: DictConfig) -> None:
         where = competition.data_dir
         log.info("%s: already prepared in %s (force=true to redo)", competition.name, where)
         return
-    (competition.data_dir / "folds.csv").unlink(missing_ok=True)  # folds of the old data
+    for stale in ("folds.csv", DUPLICATE_GROUPS):  # folds and duplicate clusters of the old data
+        (competition.data_dir / stale).unlink(missing_ok=True)
     competition.prepare()
     io.write_json(marker, made_with)
     log.info("%s: prepared in %s", competition.name, competition.data_dir)

@@ -110,6 +110,17 @@ TOOLS = {  # configs/tools.yaml
     "writeup_dir": Path() | None,
     "diff": ListOf(Text(), length=2, what="[A, B], two runs or experiments") | None,
 }
+DOCTOR = {  # configs/tools.yaml's doctor section
+    # Beyond 20 bits (of 64) unrelated images match and the bucketed search slows down.
+    "doctor.hash_distance": Int(min=0, max=20),
+    "doctor.min_correlation": Float(gt=0, le=1),
+    "doctor.min_std": Float(ge=0),
+    "doctor.include_test": Bool(),
+    "doctor.group_duplicates": Bool(),
+    "doctor.out_dir": Path() | None,
+    "doctor.workers": WORKERS,
+    "doctor.max_listed": Int(min=0),
+}
 EXPORT = {  # configs/export.yaml (with RUNS and INFER)
     "user": Str("a Kaggle user name") | None,
     "dataset_slug": Str("a Kaggle dataset slug") | None,
@@ -213,8 +224,8 @@ PATHS = {f"paths.{key}": Path() for key in ("root_dir", "data_dir", "runs_dir", 
 OPEN = {"hydra": Open()}  # Hydra's own settings: Hydra checks them
 
 SCHEMA: dict[str, Rule] = {
-    **TRAIN, **RUNS, **INFER, **TOOLS, **EXPORT, **COMPETITION, **MODEL, **LOSS, **OPTIMIZER,
-    **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **OPEN,
+    **TRAIN, **RUNS, **INFER, **TOOLS, **DOCTOR, **EXPORT, **COMPETITION, **MODEL, **LOSS,
+    **OPTIMIZER, **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **OPEN,
 }  # fmt: skip
 # The mappings that hold settings (trainer, competition.submission...): never a plain value.
 SECTIONS = {key.rsplit(".", i)[0] for key in SCHEMA for i in range(1, key.count(".") + 1)}

@@ -34,6 +34,7 @@ _GITIGNORE = """\
 data/
 runs/
 writeup/
+/doctor/
 outputs/
 multirun/
 weights/
