@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,59 +83,122 @@ def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> 
 
 def _decode(path: str | os.PathLike, flags: int, what: str) -> np.ndarray:
     """Decode an image file with OpenCV, or raise a PodiumError naming it. The bytes are read
-    here, so OpenCV never prints its own "can't open/read file" warning."""
+    here, so OpenCV never prints its own "can't open/read file" warning, and its decoders'
+    error logs (e.g. libtiff's) are silenced: the PodiumError says what went wrong."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise PodiumError(f"{path}: cannot read {what} (file missing)") from None
     except OSError as e:
         raise PodiumError(f"{path}: cannot read {what} ({e.strerror or e})") from None
-    image = cv2.imdecode(data, flags) if data.size else None
+    if not data.size:
+        raise PodiumError(f"{path}: cannot read {what} (empty file, 0 bytes)")
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        image = cv2.imdecode(data, flags)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if image is None:
         raise PodiumError(f"{path}: cannot read {what} (not a valid image file)")
     return image
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as HxWx3 uint8 RGB; a missing or undecodable file is a PodiumError."""
-    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
+# -- images -----------------------------------------------------------------------------------
+# COLOR converts grey to 3 channels, drops alpha and applies a JPEG's EXIF orientation (as
+# podium always read images); ANYDEPTH keeps a 16-bit file's values instead of dividing them by
+# 256, which leaves 12-bit data (max 4095) at most 15: near-black.
+_IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
 
 
-def read_mask_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a single-channel binary mask stored as {0,1} or {0,255}; returns HxW uint8 in {0,1}."""
-    if Path(path).suffix.lower() == ".gif":
-        # OpenCV cannot read GIF (Carvana's masks); Pillow can.
-        try:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                mask = np.asarray(im.convert("L"))
-        except FileNotFoundError:
-            raise PodiumError(f"{path}: cannot read mask (file missing)") from None
-        except (OSError, ValueError):
-            raise PodiumError(f"{path}: cannot read mask (not a valid image file)") from None
-    else:
-        mask = _decode(path, cv2.IMREAD_UNCHANGED, "mask")
-    if mask.ndim == 3:
-        if not (mask[..., :1] == mask[..., :3]).all():
-            raise PodiumError(f"{path}: mask has colour channels that differ; expected a grey mask")
-        mask = mask[..., 0]
-    return binarize_mask(mask, path)
+def parse_bit_depth(value: object, where: str = "image_bit_depth") -> int | str:
+    """`auto` or the bits of an image stored in a 16-bit file (8..16); anything else is an
+    error naming `where`."""
+    if str(value) == "auto":
+        return "auto"
+    try:
+        bits = int(str(value))
+    except ValueError:
+        bits = 0
+    if not 8 <= bits <= 16:
+        raise PodiumError(f"{where}={value}: expected auto or the bits per value, 8..16")
+    return bits
 
 
-def binarize_mask(mask: np.ndarray, source: object) -> np.ndarray:
-    """Map a {0,1} or {0,255} mask to {0,1}; any other value is an error naming `source`."""
-    values = np.unique(mask)
-    if np.isin(values, (0, 1)).all():
-        return mask.astype(np.uint8)
-    if np.isin(values, (0, 255)).all():
-        return (mask > 0).astype(np.uint8)
-    # Lossy masks (JPEG) carry values near 0 and 255; accept them only when clearly bimodal.
-    near = (mask < 32) | (mask > 223)
-    if near.mean() > 0.99:
-        return (mask > 127).astype(np.uint8)
-    shown = ", ".join(str(v) for v in values[:6])
-    raise PodiumError(f"{source}: mask is not binary (values {shown}...); expected 0/1 or 0/255")
+def bit_depth_max(bit_depth: int | str) -> int:
+    """The 16-bit file value that becomes 255: 2**bits - 1 (`auto`: 65535, the file's range)."""
+    return 65535 if bit_depth == "auto" else 2 ** int(bit_depth) - 1
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as HxWx3 BGR, uint8 or, for a 16-bit file, uint16 with its values kept."""
+    image = _decode(path, _IMAGE_FLAGS, "image")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise PodiumError(f"{path}: {image.dtype} pixels are not supported (8- or 16-bit only)")
+    return image
+
+
+def to_rgb8(image: np.ndarray, bit_depth: int | str = "auto") -> np.ndarray:
+    """`decode_image`'s BGR array as HxWx3 uint8 RGB. A 16-bit image is scaled by its real bit
+    depth: 0..2**bits-1 becomes 0..255 (values above are clipped)."""
+    if image.dtype == np.uint16:
+        top = bit_depth_max(bit_depth)
+        image = cv2.convertScaleAbs(np.minimum(image, top), alpha=255.0 / top)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike, bit_depth: int | str = "auto") -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB; a missing or undecodable file is a PodiumError.
+    16-bit files are scaled by `bit_depth` (competition.image_bit_depth, see `to_rgb8`)."""
+    return to_rgb8(decode_image(path), bit_depth)
+
+
+@dataclass(frozen=True)
+class ImageFileInfo:
+    """What a strict read of an image file found (`verify_image_file`)."""
+
+    format: str  # Pillow's name: PNG, JPEG, TIFF, GIF...
+    width: int
+    height: int
+    mode: str  # Pillow's: L, RGB, RGBA, P, I;16...
+    orientation: int  # EXIF orientation (1: as stored; OpenCV rotates JPEGs with another)
+
+
+def verify_image_file(path: str | os.PathLike, what: str = "image") -> ImageFileInfo | None:
+    """Read an image file strictly with Pillow: a missing, empty, truncated or corrupt file (bad
+    PNG checksum, JPEG that ends early) is a PodiumError naming it. OpenCV, which reads images
+    for training, decodes some of these without an error or prints libpng's messages. None
+    when Pillow does not know the format (OpenCV may: the caller decodes it with OpenCV)."""
+    import warnings
+
+    from PIL import Image, ImageFile, UnidentifiedImageError
+
+    try:
+        if os.stat(path).st_size == 0:
+            raise PodiumError(f"{path}: cannot read {what} (empty file, 0 bytes)")
+    except FileNotFoundError:
+        raise PodiumError(f"{path}: cannot read {what} (file missing)") from None
+    except OSError as e:
+        raise PodiumError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # Pillow's default: a truncated file is an error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the error says enough
+            with Image.open(path) as image:
+                width, height = image.size
+                orientation = image.getexif().get(0x0112, 1) if image.format == "JPEG" else 1
+                info = ImageFileInfo(image.format or "", width, height, image.mode, orientation)
+                if image.format == "PNG":
+                    image.verify()  # every chunk's checksum and the end of the file
+                else:
+                    if image.format == "JPEG":  # decoded at 1/8 scale: still the whole stream
+                        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                    image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise PodiumError(f"{path}: cannot read {what} ({e or type(e).__name__})") from None
+    return info
 
 
 def read_gray(path: str | os.PathLike) -> np.ndarray:
@@ -146,6 +210,26 @@ def read_image_gray(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel label image (e.g. class ids) unchanged, as HxW."""
     image = _decode(path, cv2.IMREAD_UNCHANGED, "label image")
     return image if image.ndim == 2 else image[..., 0]
+
+
+def read_image_unchanged(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
+    """An image file's values as stored: HxW (grey) or HxWxC in RGB(A) order, 8 or 16 bits.
+    GIF (Carvana's masks), which OpenCV cannot read, goes through Pillow."""
+    if Path(path).suffix.lower() != ".gif":
+        image = _decode(path, cv2.IMREAD_UNCHANGED, what)
+        if image.ndim == 3 and image.shape[2] >= 3:
+            rgb = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+            image = cv2.cvtColor(image, rgb)
+        return image
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L" if im.mode in ("1", "L") else "RGB"))
+    except FileNotFoundError:
+        raise PodiumError(f"{path}: cannot read {what} (file missing)") from None
+    except (OSError, ValueError):
+        raise PodiumError(f"{path}: cannot read {what} (not a valid image file)") from None
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
