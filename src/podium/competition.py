@@ -18,6 +18,7 @@ Conventions shared by every stage:
   `image_bit_depth`: 12 maps 0..4095, 16 maps 0..65535; `auto` maps 0..65535 and the data
   check refuses 16-bit data that reaches less than 2**14 (12-bit data would look near-black),
   asking for the real depth. 8-bit files are read as they are.
+- every sample is read once, strictly, before training or predicting (podium.datacheck).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Sample:
         group: samples sharing a group (car, patient, video) always land in the same fold.
         stratify: a label folds are balanced on (e.g. empty vs non-empty mask).
         meta: anything else the adapter needs later (depth, original size...).
+        origin: where the sample's label is written, for error messages: the CSV row
+            (`row.origin` of `podium.read_csv_rows`), or None.
     """
 
     id: str
@@ -61,6 +64,7 @@ class Sample:
     group: str | None = None
     stratify: Any = None
     meta: dict = field(default_factory=dict, compare=False)
+    origin: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,8 @@ class Competition:
         try:
             return rle_decode(str(source), shape, self.submission.order, self.submission.base)
         except RleError as e:
-            raise PodiumError(f"{self.name}: mask of sample {sample.id}: {e}") from None
+            where = sample.origin or f"competition {self.name}"
+            raise PodiumError(f"{where}: mask of sample {sample.id}: {e}") from None
 
     def read_mask_file(self, path: Path, class_ids: bool = False) -> np.ndarray:
         """One mask file by this competition's `mask_encoding`: HxW {0,1}, or class ids when

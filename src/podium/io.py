@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -24,6 +25,8 @@ import numpy as np
 cv2.setNumThreads(0)
 # podium reports unreadable files itself, in one line naming the file.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+log = logging.getLogger(__name__)
 
 
 _UMASK = os.umask(0)
@@ -232,15 +235,103 @@ def read_image_unchanged(path: str | os.PathLike, what: str = "mask") -> np.ndar
         raise PodiumError(f"{path}: cannot read {what} (not a valid image file)") from None
 
 
-def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    """All rows of a CSV file as dicts (values are strings; empty cells are '')."""
+# -- CSV --------------------------------------------------------------------------------------
+class CsvRowRef(NamedTuple):
+    """Where a CSV row is: the file and its row number (the header is row 1), as a spreadsheet
+    shows it. Samples carry one (`Sample.origin`) so problems with a label name its row."""
+
+    path: str
+    row: int
+
+    def __str__(self) -> str:
+        return f"{self.path} row {self.row}"
+
+
+class CsvRow(dict):
+    """One row of a CSV file: column -> value. A column the file lacks is a PodiumError naming
+    the file and its header, not a bare KeyError."""
+
+    __slots__ = ("origin",)
+
+    def __missing__(self, column: str) -> str:
+        raise PodiumError(
+            f"{self.origin.path}: no column {column!r} (the header has: {', '.join(self)})"
+        )
+
+
+def read_csv_rows(
+    path: str | os.PathLike, columns: Sequence[str] = (), key: str | Sequence[str] | None = None
+) -> list[CsvRow]:
+    """All rows of a CSV file as dicts (values are strings; empty cells are ''); each row's
+    `origin` says where it is. A UTF-8 byte-order mark (Excel) and CRLF line ends are fine;
+    blank rows are skipped. `columns` must be in the header; `key` (a column or several) must
+    identify a row: an exact repeat of a row is a warning and used once, a repeated key with
+    other values is an error naming both rows. An empty file, a missing column, a row with
+    more or fewer values than the header: a PodiumError naming the file (and row)."""
+    keys = (key,) if isinstance(key, str) else tuple(key or ())
     try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [name.strip() for name in next(reader, [])]
+            if not any(header):
+                raise PodiumError(f"{path}: the file is empty (no header row)")
+            _check_header(path, header, [*columns, *keys])
+            rows = []
+            for cells in reader:
+                if not cells or not (cells[0].strip() or any(c.strip() for c in cells)):
+                    continue  # a blank row (Excel keeps some at the end)
+                if len(cells) != len(header):
+                    raise PodiumError(
+                        f"{path} row {reader.line_num}: {_values(len(cells))} but the header has "
+                        f"{len(header)} columns ({', '.join(header)})"
+                    )
+                row = CsvRow(zip(header, cells, strict=True))
+                row.origin = CsvRowRef(str(path), reader.line_num)
+                rows.append(row)
     except FileNotFoundError:
         raise PodiumError(f"{path}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise PodiumError(f"{path}: not a readable CSV file ({e})") from None
+    return _unique_rows(path, rows, keys) if keys else rows
+
+
+def _check_header(path: str | os.PathLike, header: list[str], needed: Sequence[str]) -> None:
+    repeated = next((name for name in header if header.count(name) > 1), None)
+    if repeated is not None:
+        raise PodiumError(f"{path}: column {repeated!r} appears twice in the header")
+    missing = [name for name in needed if name not in header]
+    if missing:
+        hint = "; it looks semicolon-separated: save it with commas" if ";" in header[0] else ""
+        raise PodiumError(
+            f"{path}: no column {missing[0]!r} in the header ({', '.join(header)}){hint}"
+        )
+
+
+def _unique_rows(path: str | os.PathLike, rows: list[CsvRow], keys: tuple[str, ...]):
+    """`rows` without exact repeats (a warning); a key repeated with other values is an error."""
+    first: dict[tuple, CsvRow] = {}
+    kept, repeats = [], []
+    for row in rows:
+        value = tuple(row[k] for k in keys)
+        seen = first.setdefault(value, row)
+        if seen is row:
+            kept.append(row)
+        elif seen == row:
+            repeats.append(row)
+        else:
+            column = next(c for c in row if row[c] != seen[c])
+            raise PodiumError(
+                f"{path} rows {seen.origin.row} and {row.origin.row}: {'/'.join(keys)} "
+                f"{'/'.join(value)} appears twice with different {column} "
+                f"({seen[column][:40]!r} and {row[column][:40]!r})"
+            )
+    if repeats:
+        log.warning(
+            "%s: %d exact repeat(s) of earlier rows, each used once (first: row %d, %s %s)",
+            path, len(repeats), repeats[0].origin.row, "/".join(keys),
+            "/".join(repeats[0][k] for k in keys),
+        )  # fmt: skip
+    return kept
 
 
 @contextlib.contextmanager
@@ -265,3 +356,7 @@ def progress_bar(
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path) as f:
         f.write(text)
+
+
+def _values(count: int) -> str:
+    return f"{count} value" if count == 1 else f"{count} values"
