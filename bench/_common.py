@@ -29,7 +29,8 @@ RESULTS = BENCH_DIR / "RESULTS.md"
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights"
-ORDER = ("train_step", "loader", "predict", "rle", "quality", "ddp")  # section order in RESULTS.md
+# section order in RESULTS.md
+ORDER = ("train_step", "loader", "predict", "rle", "quality", "ddp", "datacheck")
 HISTORY = 5  # earlier headlines kept under each section
 
 

@@ -21,7 +21,7 @@ import _common as bench
 import cv2
 import numpy as np
 
-from podium.io import read_mask_png
+from podium.masks import read_mask_png
 from podium.rle import rle_decode, rle_encode, rle_parse
 
 CARVANA = bench.SHARED_DATA / "kaggle_masks" / "carvana-image-masking-challenge"

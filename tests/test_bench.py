@@ -95,3 +95,20 @@ def test_ddp_trains_one_and_two_processes_at_the_same_global_batch(run_bench):
     assert re.fullmatch(r"ddp score gap \d+\.\d{4}", last)
     assert re.search(r"\| 0 \| \d\.\d{3} \| \d\.\d{3} \| [+-]\d\.\d{4} \|", results)
     assert "global batch 4: 1 process x 4 against 2 processes x 2" in results
+
+
+def test_datacheck_times_a_first_and_a_cached_check(run_bench, tmp_path):
+    from loader import generate_folder
+
+    generate_folder(tmp_path / "data" / "kvasir_seg", 6)
+    last, results = run_bench(
+        "datacheck", "--datasets", "kvasir_seg", "--data-root", str(tmp_path / "data")
+    )
+    assert re.fullmatch(r"datacheck second run \d+\.\d{2} s \(first/second x\d+\.\d\)", last)
+    assert re.search(r"\| kvasir_seg \| 6 \| 0 \| \d+\.\d{3} \| \d+\.\d{3} \| ", results)
+
+
+def test_datacheck_without_real_data_says_so_and_records_nothing(run_bench, tmp_path):
+    last, results = run_bench("datacheck", "--data-root", str(tmp_path / "nothing"))
+    assert last == "datacheck skipped: no real data (../shared/data) on this machine"
+    assert results == ""

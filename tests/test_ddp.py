@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,9 @@ from conftest import ROOT, TINY_DEMO, TINY_TRAIN, podium_env, run_podium
 from test_train import _tensors, assert_identical, final_weights
 
 from podium import distributed as dist
+from podium.competition import load_competition
+from podium.config import compose_config
+from podium.datacheck import check_samples
 from podium.io import PodiumError
 
 # Deterministic, a constant LR (so 1 epoch + resume equals 2 epochs), two steps per epoch.
@@ -139,7 +143,7 @@ def test_worker_error_stops_podium_train(odd_val_data, tmp_path):
     shutil.copytree(odd_val_data, data)
     second_val_id = (data / "demo_shapes" / "folds.csv").read_text().split()[2].split(",")[0]
     corrupt = data / "demo_shapes" / "train" / "images" / f"{second_val_id}.png"
-    corrupt.write_bytes(b"not a png")  # validation image 1: rank 1's first
+    go_bad_after_the_data_check(data, corrupt)  # validation image 1: rank 1's first
     runs = tmp_path / "runs"
     proc = run_podium(
         "train", *DDP_TRAIN, f"paths.data_dir={data}", f"paths.runs_dir={runs}",
@@ -151,6 +155,18 @@ def test_worker_error_stops_podium_train(odd_val_data, tmp_path):
     # One run directory was made (none per rank), and removed: it failed before any checkpoint.
     assert "removed" in proc.stdout + proc.stderr and "before its first checkpoint" in proc.stdout
     assert [p for p in (runs / "demo_shapes").glob("*") if p.is_dir()] == []
+
+
+def go_bad_after_the_data_check(data: Path, image: Path) -> None:
+    """Corrupt `image` as a file that goes bad after `podium train`'s data check passed it (which
+    would otherwise refuse it before training): its clean verdict is in the check's cache, and
+    the damage keeps the file's size and modification time."""
+    cfg = compose_config("train", [*DDP_TRAIN, f"paths.data_dir={data}"])
+    competition = load_competition(cfg)
+    assert check_samples(competition, competition.train_samples(), "train").problems == []
+    stat = image.stat()
+    image.write_bytes(b"not a png".ljust(stat.st_size, b"\0"))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def raise_on_rank_1() -> None:

@@ -45,7 +45,10 @@ def files_under(folder: Path) -> set[str]:
     return {
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
-        if p.is_file() and ".podium-kaggle" not in p.parts and p.name != "folds.csv"
+        if p.is_file()
+        and ".podium-kaggle" not in p.parts
+        and p.name != "folds.csv"
+        and not p.name.startswith(".podium-datacheck-")  # the data check's cache
     }
 
 
@@ -157,6 +160,7 @@ def test_training_on_a_missing_image_is_one_line(world: FakeKaggle, tmp_path: Pa
     image.unlink()
     workers = ["trainer.num_workers=2", "trainer.limit_train_batches=null"]
     proc = podium(tmp_path, "train", f"competition={TGS}", *ONE_EPOCH, *workers, check=False)
-    assert proc.returncode == 1
-    assert f"podium: error: {image}: cannot read image (file missing)" in proc.stderr
+    assert proc.returncode == 1  # the data check names it, before any DataLoader worker starts
+    assert f"podium: data check: {image}: cannot read image (file missing)\n" in proc.stderr
+    assert "podium: error: data check: 1 of 15 train samples has problems" in proc.stderr
     assert "Traceback" not in proc.stderr and "WARN" not in proc.stderr

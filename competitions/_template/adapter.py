@@ -31,13 +31,18 @@ class CompetitionTemplate(Competition):
                 mask=row[mask_col],  # encoded like the submission (order, base, empty token)
                 group=group_of(row[id_col]),
                 stratify=not self.submission.is_empty(row[mask_col]),
+                origin=row.origin,  # problems with this label name its CSV row
             )
-            for row in podium.read_csv_rows(self.data_dir / TRAIN_CSV)
+            for row in podium.read_csv_rows(self.data_dir / TRAIN_CSV, key=id_col)
         ]
 
     def test_samples(self) -> list[Sample]:
         id_col = self.submission.id_column
         return [
-            Sample(id=row[id_col], image=self.data_dir / TEST_IMAGE.format(id=row[id_col]))
-            for row in podium.read_csv_rows(self.sample_submission_path())
+            Sample(
+                id=row[id_col],
+                image=self.data_dir / TEST_IMAGE.format(id=row[id_col]),
+                origin=row.origin,
+            )
+            for row in podium.read_csv_rows(self.sample_submission_path(), key=id_col)
         ]

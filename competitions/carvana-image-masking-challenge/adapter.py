@@ -21,11 +21,11 @@ class Carvana(Competition):
         images = sorted(folder.glob("*.jpg"))
         if not images:
             raise PodiumError(f"{folder}: no training images (*.jpg)")
+        origins = {}
         if self.options.masks == "csv":
-            rles = {
-                row["img"]: row["rle_mask"]
-                for row in podium.read_csv_rows(self.data_dir / "train_masks.csv")
-            }
+            rows = podium.read_csv_rows(self.data_dir / "train_masks.csv", key="img")
+            rles = {row["img"]: row["rle_mask"] for row in rows}
+            origins = {row["img"]: row.origin for row in rows}
             masks = {p.name: rles.get(p.name) for p in images}
         else:
             masks = {p.name: self.data_dir / "train_masks" / f"{p.stem}_mask.gif" for p in images}
@@ -35,13 +35,19 @@ class Carvana(Competition):
                 f"train_masks.csv: no mask for {len(missing)} images, e.g. {missing[0]}"
             )
         return [
-            Sample(id=p.name, image=p, mask=masks[p.name], group=p.stem.split("_")[0])
+            Sample(
+                id=p.name,
+                image=p,
+                mask=masks[p.name],
+                group=p.stem.split("_")[0],
+                origin=origins.get(p.name),
+            )
             for p in images
         ]
 
     def test_samples(self) -> list[Sample]:
         folder = self.data_dir / str(self.options.images).replace("train", "test")
         return [
-            Sample(id=row["img"], image=folder / row["img"])
-            for row in podium.read_csv_rows(self.sample_submission_path())
+            Sample(id=row["img"], image=folder / row["img"], origin=row.origin)
+            for row in podium.read_csv_rows(self.sample_submission_path(), key="img")
         ]

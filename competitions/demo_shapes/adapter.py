@@ -23,7 +23,7 @@ from podium import Competition, Sample
 
 class DemoShapes(Competition):
     def train_samples(self) -> list[Sample]:
-        rows = podium.read_csv_rows(self.data_dir / "train.csv")
+        rows = podium.read_csv_rows(self.data_dir / "train.csv", key="id")
         return [
             Sample(
                 id=row["id"],
@@ -31,14 +31,19 @@ class DemoShapes(Competition):
                 mask=row["rle_mask"],
                 group=row["id"].split("_")[0],  # the scene: four images share one background
                 stratify=bool(row["rle_mask"]),
+                origin=row.origin,
             )
             for row in rows
         ]
 
     def test_samples(self) -> list[Sample]:
-        rows = podium.read_csv_rows(self.data_dir / "sample_submission.csv")
+        rows = podium.read_csv_rows(self.data_dir / "sample_submission.csv", key="id")
         return [
-            Sample(id=r["id"], image=self.data_dir / "test" / "images" / f"{r['id']}.png")
+            Sample(
+                id=r["id"],
+                image=self.data_dir / "test" / "images" / f"{r['id']}.png",
+                origin=r.origin,
+            )
             for r in rows
         ]
 

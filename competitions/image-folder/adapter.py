@@ -3,9 +3,12 @@
     <data_dir>/images/<id>.<ext>   <data_dir>/masks/<id>.png   [<data_dir>/<test_dir>/<id>.<ext>]
 
 Works as is on ../shared/data/kvasir_seg (Kvasir-SEG polyps) and ../shared/data/isbi2012_em.
-Masks are read as grey images and thresholded (`mask_threshold`), so 0/1, 0/255 and lossy JPEG
-masks all work. Without `group_regex` every image is its own group: near-duplicate frames of one
-video may then land in different folds, so set it when ids carry a video or patient.
+Masks mean what `mask_encoding` says (competition.yaml, podium.masks): `binary` by default, so
+0/1, 0/255 and lossy JPEG masks work, each file being one or the other; colour masks (red on
+black) need `nonzero` or `colour_map`, and a mask that fits none of these is an error naming
+it, never an empty mask. 16-bit images are scaled by `image_bit_depth` (README.md). Without
+`group_regex` every image is its own group: near-duplicate frames of one video may then land in
+different folds, so set it when ids carry a video or patient.
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
-import podium
 from podium import Competition, PodiumError, Sample
 
 
@@ -39,12 +39,6 @@ class ImageFolder(Competition):
         if not self.options.test_dir:
             return []
         return [Sample(p.stem, p) for p in self._images(self.data_dir / str(self.options.test_dir))]
-
-    def read_mask(self, sample: Sample, shape: tuple[int, int]) -> np.ndarray:
-        grey = podium.read_gray(sample.mask)
-        if grey.shape != tuple(shape):
-            raise PodiumError(f"{sample.mask}: mask is {grey.shape[::-1]}, image is {shape[::-1]}")
-        return (grey > int(self.options.mask_threshold)).astype(np.uint8)
 
     def _images(self, folder: Path) -> list[Path]:
         exts = {e.lower() for e in self.options.image_exts}

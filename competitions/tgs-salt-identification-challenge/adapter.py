@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 
 import podium
-from podium import Competition, Sample
+from podium import Competition, PodiumError, RleError, Sample
+from podium.rle import rle_parse
 
 PIXELS = 101 * 101
 
@@ -30,8 +31,9 @@ class TgsSalt(Competition):
                 mask=row["rle_mask"],
                 stratify=math.ceil(10 * _area(row["rle_mask"]) / PIXELS),
                 meta={"depth": depths.get(row["id"])},
+                origin=row.origin,
             )
-            for row in podium.read_csv_rows(self.data_dir / "train.csv")
+            for row in podium.read_csv_rows(self.data_dir / "train.csv", key="id")
         ]
 
     def test_samples(self) -> list[Sample]:
@@ -41,17 +43,26 @@ class TgsSalt(Competition):
                 id=row["id"],
                 image=self.data_dir / "test" / "images" / f"{row['id']}.png",
                 meta={"depth": depths.get(row["id"])},
+                origin=row.origin,
             )
-            for row in podium.read_csv_rows(self.sample_submission_path())
+            for row in podium.read_csv_rows(self.sample_submission_path(), key="id")
         ]
 
     def _depths(self) -> dict[str, int]:
         path = self.data_dir / "depths.csv"
         if not path.is_file():
             return {}
-        return {row["id"]: int(row["z"]) for row in podium.read_csv_rows(path)}
+        rows = podium.read_csv_rows(path, columns=["z"], key="id")
+        bad = next((row for row in rows if not row["z"].lstrip("-").isdigit()), None)
+        if bad is not None:
+            raise PodiumError(f"{bad.origin}: depth {bad['z']!r} is not an integer")
+        return {row["id"]: int(row["z"]) for row in rows}
 
 
 def _area(rle: str) -> int:
-    """Salt pixels of a run-length string: the sum of its run lengths."""
-    return sum(int(length) for length in rle.split()[1::2])
+    """Salt pixels of a run-length string: the sum of its run lengths (0 for a malformed one,
+    which the data check reports with its row)."""
+    try:
+        return int(rle_parse(rle)[1].sum())
+    except RleError:
+        return 0

@@ -25,12 +25,19 @@ class UltrasoundNerve(Competition):
                 mask=row["pixels"],
                 group=row["subject"],
                 stratify=bool(row["pixels"].strip()),
+                origin=row.origin,
             )
-            for row in podium.read_csv_rows(self.data_dir / "train_masks.csv")
+            for row in podium.read_csv_rows(
+                self.data_dir / "train_masks.csv", key=("subject", "img")
+            )
         ]
 
     def test_samples(self) -> list[Sample]:
         return [
-            Sample(id=row["img"], image=self.data_dir / "test" / f"{row['img']}.tif")
-            for row in podium.read_csv_rows(self.sample_submission_path())
+            Sample(
+                id=row["img"],
+                image=self.data_dir / "test" / f"{row['img']}.tif",
+                origin=row.origin,
+            )
+            for row in podium.read_csv_rows(self.sample_submission_path(), key="img")
         ]

@@ -5,14 +5,8 @@ exports; everything else is reached through the `podium` command.
 """
 
 from podium.competition import Competition, Sample, SubmissionFormat, load_competition
-from podium.io import (
-    PodiumError,
-    atomic_write,
-    read_csv_rows,
-    read_gray,
-    read_image,
-    read_mask_png,
-)
+from podium.io import PodiumError, atomic_write, read_csv_rows, read_gray, read_image
+from podium.masks import read_mask_file, read_mask_png
 from podium.metrics import dice, iou, tgs_map
 from podium.rle import RleError, rle_decode, rle_encode
 
@@ -29,6 +23,7 @@ __all__ = [
     "read_csv_rows",
     "read_gray",
     "read_image",
+    "read_mask_file",
     "read_mask_png",
     "rle_encode",
     "rle_decode",

@@ -11,6 +11,14 @@ Conventions shared by every stage:
 - multilabel: one channel per class; `{class_index}` is 1-based (Severstal's ClassId).
 - test image sizes come from `image_shape`: `Sample.meta["shape"]`, else `options.image_shape`
   (a fixed [H, W] in competition.yaml), else the image file's header (no decoding).
+- mask files mean what `mask_encoding` in competition.yaml says (podium.masks: binary,
+  binary_01, binary_255, nonzero, class_ids, colour_map with `mask_colours`); values that do
+  not fit are an error naming the file, never a silently empty mask.
+- images stored in 16-bit files (PNG, TIFF) keep their values and are scaled to 0..255 by
+  `image_bit_depth`: 12 maps 0..4095, 16 maps 0..65535; `auto` maps 0..65535 and the data
+  check refuses 16-bit data that reaches less than 2**14 (12-bit data would look near-black),
+  asking for the real depth. 8-bit files are read as they are.
+- every sample is read once, strictly, before training or predicting (podium.datacheck).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from podium import io, metrics
+from podium import io, masks, metrics
 from podium.io import PodiumError
 from podium.rle import RleError, rle_decode, rle_encode
 
@@ -46,6 +54,8 @@ class Sample:
         group: samples sharing a group (car, patient, video) always land in the same fold.
         stratify: a label folds are balanced on (e.g. empty vs non-empty mask).
         meta: anything else the adapter needs later (depth, original size...).
+        origin: where the sample's label is written, for error messages: the CSV row
+            (`row.origin` of `podium.read_csv_rows`), or None.
     """
 
     id: str
@@ -54,6 +64,7 @@ class Sample:
     group: str | None = None
     stratify: Any = None
     meta: dict = field(default_factory=dict, compare=False)
+    origin: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,14 @@ class Competition:
         self.classes: list[str] = list(cfg.classes)
         self.submission = SubmissionFormat(**OmegaConf.to_container(cfg.submission, resolve=True))
         self.options: DictConfig = cfg.get("options") or OmegaConf.create({})
+        where = f"competition {self.name}"
+        depth = cfg.get("image_bit_depth", "auto")
+        self.image_bit_depth = io.parse_bit_depth(depth, f"{where}: image_bit_depth")
+        self.mask_encoding: str = str(cfg.get("mask_encoding", "binary"))
+        colours = cfg.get("mask_colours")
+        colours = OmegaConf.to_container(colours) if OmegaConf.is_config(colours) else colours
+        classes = len(self.classes) if self.task == "multiclass" else 2
+        self.mask_colours = masks.check_mask_convention(self.mask_encoding, colours, classes, where)
         if cfg.metric != "adapter" and cfg.metric not in metrics.METRICS:
             raise PodiumError(
                 f"competition {self.name}: unknown metric '{cfg.metric}' "
@@ -138,8 +157,8 @@ class Competition:
         return 1 if self.task == "binary" else len(self.classes)
 
     def read_image(self, sample: Sample) -> np.ndarray:
-        """HxWx3 uint8 RGB."""
-        return io.read_image(sample.image)
+        """HxWx3 uint8 RGB (16-bit files scaled by `image_bit_depth`)."""
+        return io.read_image(sample.image, self.image_bit_depth)
 
     def read_mask(self, sample: Sample, shape: tuple[int, int]) -> np.ndarray:
         """The target for `sample` at image size `shape`: HxW {0,1} (binary), HxW class ids
@@ -159,7 +178,7 @@ class Competition:
         if source is None or (isinstance(source, str) and self.submission.is_empty(source)):
             return np.zeros(shape, dtype=np.uint8)
         if isinstance(source, Path):
-            mask = io.read_image_gray(source) if class_ids else io.read_mask_png(source)
+            mask = self.read_mask_file(source, class_ids)
             if mask.shape != tuple(shape):
                 raise PodiumError(
                     f"{source}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
@@ -169,7 +188,20 @@ class Competition:
         try:
             return rle_decode(str(source), shape, self.submission.order, self.submission.base)
         except RleError as e:
-            raise PodiumError(f"{self.name}: mask of sample {sample.id}: {e}") from None
+            where = sample.origin or f"competition {self.name}"
+            raise PodiumError(f"{where}: mask of sample {sample.id}: {e}") from None
+
+    def read_mask_file(self, path: Path, class_ids: bool = False) -> np.ndarray:
+        """One mask file by this competition's `mask_encoding`: HxW {0,1}, or class ids when
+        `class_ids` (a multiclass target)."""
+        encoding = self.mask_encoding
+        if class_ids and encoding not in ("class_ids", "colour_map"):
+            raise PodiumError(
+                f"competition {self.name}: multiclass mask files need mask_encoding class_ids "
+                f"or colour_map in competition.yaml, not {encoding}"
+            )
+        classes = len(self.classes) if class_ids else 2
+        return masks.read_mask_file(path, encoding, self.mask_colours, classes)
 
     def score_image(self, pred: np.ndarray, target: np.ndarray) -> float:
         """The competition metric of one image (the competition score is the mean over images)."""

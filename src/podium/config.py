@@ -73,6 +73,13 @@ COMPETITION_DEFAULTS = {
     "metric": "dice",  # a name in podium.metrics.METRICS, or "adapter" (Adapter.score_image)
     "image_size": None,  # [H, W]: resize for training/validation; null keeps the native size
     "in_channels": 3,
+    # What a mask file's values mean (podium.masks): binary (0/1 or 0/255 per file),
+    # binary_01, binary_255, nonzero (any non-black pixel), class_ids, colour_map
+    "mask_encoding": "binary",
+    "mask_colours": None,  # colour_map: [[R, G, B] of class 0 (background), of class 1, ...]
+    # Bits per value of images stored in 16-bit files (8..16: 12 scales 0..4095 to 0..255);
+    # auto scales 0..65535, and the data check refuses data filling less than 14 bits
+    "image_bit_depth": "auto",
     # What model.encoder_weights defaults to on this competition (the command line still wins).
     "encoder_weights": "imagenet",
     "n_folds": 5,

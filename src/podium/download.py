@@ -3,7 +3,8 @@
 Kaggle competitions come through `podium.kaggle` (the competition archive and the archives inside
 it unpacked as competition.yaml's `download:` section says); local and generated ones run their
 adapter's `prepare()`. Either way the command ends by checking the layout the adapter expects
-(`podium.data.check_layout`) and says in one line what it found.
+(`podium.data.check_layout`) and reading every sample strictly (`podium.datacheck`), and says
+in one line what it found.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from podium import io
 from podium.archives import UnpackRules
 from podium.competition import Competition, load_competition
 from podium.data import DUPLICATE_GROUPS, check_layout
+from podium.datacheck import check_samples, require_clean
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,15 @@ def download_command(cfg: DictConfig) -> int:
             return 0
     else:
         _prepare(competition, cfg)
-    print(check_layout(competition))
+    # Files are there; then each is read once, strictly (decoding a few here first would let
+    # OpenCV print libpng's messages about a broken file before the check names it).
+    layout = check_layout(competition, decode=0)
+    train, test = competition.train_samples(), competition.test_samples()
+    require_clean(
+        check_samples(competition, train, "train"),
+        check_samples(competition, test, "test", with_masks=False),
+    )
+    print(layout)
     return 0
 
 

@@ -43,6 +43,7 @@ from podium.data import (
     make_loader,
     resolve_num_workers,
 )
+from podium.datacheck import require_clean_data
 from podium.io import PodiumError
 from podium.models import (
     load_run_model,
@@ -405,6 +406,7 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> float | None:
 
     competition.require_data()
     samples = competition.test_samples()
+    require_clean_data(competition, samples, "test", with_masks=False)
     dataset = SegmentationDataset(competition, samples, transform=None, with_masks=False)
     workers = resolve_num_workers(cfg.num_workers)
     loader = make_loader(dataset, int(cfg.batch_size), workers)

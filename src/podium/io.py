@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -23,6 +25,8 @@ import numpy as np
 cv2.setNumThreads(0)
 # podium reports unreadable files itself, in one line naming the file.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+log = logging.getLogger(__name__)
 
 
 _UMASK = os.umask(0)
@@ -82,59 +86,122 @@ def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> 
 
 def _decode(path: str | os.PathLike, flags: int, what: str) -> np.ndarray:
     """Decode an image file with OpenCV, or raise a PodiumError naming it. The bytes are read
-    here, so OpenCV never prints its own "can't open/read file" warning."""
+    here, so OpenCV never prints its own "can't open/read file" warning, and its decoders'
+    error logs (e.g. libtiff's) are silenced: the PodiumError says what went wrong."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise PodiumError(f"{path}: cannot read {what} (file missing)") from None
     except OSError as e:
         raise PodiumError(f"{path}: cannot read {what} ({e.strerror or e})") from None
-    image = cv2.imdecode(data, flags) if data.size else None
+    if not data.size:
+        raise PodiumError(f"{path}: cannot read {what} (empty file, 0 bytes)")
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        image = cv2.imdecode(data, flags)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if image is None:
         raise PodiumError(f"{path}: cannot read {what} (not a valid image file)")
     return image
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as HxWx3 uint8 RGB; a missing or undecodable file is a PodiumError."""
-    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
+# -- images -----------------------------------------------------------------------------------
+# COLOR converts grey to 3 channels, drops alpha and applies a JPEG's EXIF orientation (as
+# podium always read images); ANYDEPTH keeps a 16-bit file's values instead of dividing them by
+# 256, which leaves 12-bit data (max 4095) at most 15: near-black.
+_IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
 
 
-def read_mask_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a single-channel binary mask stored as {0,1} or {0,255}; returns HxW uint8 in {0,1}."""
-    if Path(path).suffix.lower() == ".gif":
-        # OpenCV cannot read GIF (Carvana's masks); Pillow can.
-        try:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                mask = np.asarray(im.convert("L"))
-        except FileNotFoundError:
-            raise PodiumError(f"{path}: cannot read mask (file missing)") from None
-        except (OSError, ValueError):
-            raise PodiumError(f"{path}: cannot read mask (not a valid image file)") from None
-    else:
-        mask = _decode(path, cv2.IMREAD_UNCHANGED, "mask")
-    if mask.ndim == 3:
-        if not (mask[..., :1] == mask[..., :3]).all():
-            raise PodiumError(f"{path}: mask has colour channels that differ; expected a grey mask")
-        mask = mask[..., 0]
-    return binarize_mask(mask, path)
+def parse_bit_depth(value: object, where: str = "image_bit_depth") -> int | str:
+    """`auto` or the bits of an image stored in a 16-bit file (8..16); anything else is an
+    error naming `where`."""
+    if str(value) == "auto":
+        return "auto"
+    try:
+        bits = int(str(value))
+    except ValueError:
+        bits = 0
+    if not 8 <= bits <= 16:
+        raise PodiumError(f"{where}={value}: expected auto or the bits per value, 8..16")
+    return bits
 
 
-def binarize_mask(mask: np.ndarray, source: object) -> np.ndarray:
-    """Map a {0,1} or {0,255} mask to {0,1}; any other value is an error naming `source`."""
-    values = np.unique(mask)
-    if np.isin(values, (0, 1)).all():
-        return mask.astype(np.uint8)
-    if np.isin(values, (0, 255)).all():
-        return (mask > 0).astype(np.uint8)
-    # Lossy masks (JPEG) carry values near 0 and 255; accept them only when clearly bimodal.
-    near = (mask < 32) | (mask > 223)
-    if near.mean() > 0.99:
-        return (mask > 127).astype(np.uint8)
-    shown = ", ".join(str(v) for v in values[:6])
-    raise PodiumError(f"{source}: mask is not binary (values {shown}...); expected 0/1 or 0/255")
+def bit_depth_max(bit_depth: int | str) -> int:
+    """The 16-bit file value that becomes 255: 2**bits - 1 (`auto`: 65535, the file's range)."""
+    return 65535 if bit_depth == "auto" else 2 ** int(bit_depth) - 1
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as HxWx3 BGR, uint8 or, for a 16-bit file, uint16 with its values kept."""
+    image = _decode(path, _IMAGE_FLAGS, "image")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise PodiumError(f"{path}: {image.dtype} pixels are not supported (8- or 16-bit only)")
+    return image
+
+
+def to_rgb8(image: np.ndarray, bit_depth: int | str = "auto") -> np.ndarray:
+    """`decode_image`'s BGR array as HxWx3 uint8 RGB. A 16-bit image is scaled by its real bit
+    depth: 0..2**bits-1 becomes 0..255 (values above are clipped)."""
+    if image.dtype == np.uint16:
+        top = bit_depth_max(bit_depth)
+        image = cv2.convertScaleAbs(np.minimum(image, top), alpha=255.0 / top)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike, bit_depth: int | str = "auto") -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB; a missing or undecodable file is a PodiumError.
+    16-bit files are scaled by `bit_depth` (competition.image_bit_depth, see `to_rgb8`)."""
+    return to_rgb8(decode_image(path), bit_depth)
+
+
+@dataclass(frozen=True)
+class ImageFileInfo:
+    """What a strict read of an image file found (`verify_image_file`)."""
+
+    format: str  # Pillow's name: PNG, JPEG, TIFF, GIF...
+    width: int
+    height: int
+    mode: str  # Pillow's: L, RGB, RGBA, P, I;16...
+    orientation: int  # EXIF orientation (1: as stored; OpenCV rotates JPEGs with another)
+
+
+def verify_image_file(path: str | os.PathLike, what: str = "image") -> ImageFileInfo | None:
+    """Read an image file strictly with Pillow: a missing, empty, truncated or corrupt file (bad
+    PNG checksum, JPEG that ends early) is a PodiumError naming it. OpenCV, which reads images
+    for training, decodes some of these without an error or prints libpng's messages. None
+    when Pillow does not know the format (OpenCV may: the caller decodes it with OpenCV)."""
+    import warnings
+
+    from PIL import Image, ImageFile, UnidentifiedImageError
+
+    try:
+        if os.stat(path).st_size == 0:
+            raise PodiumError(f"{path}: cannot read {what} (empty file, 0 bytes)")
+    except FileNotFoundError:
+        raise PodiumError(f"{path}: cannot read {what} (file missing)") from None
+    except OSError as e:
+        raise PodiumError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # Pillow's default: a truncated file is an error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the error says enough
+            with Image.open(path) as image:
+                width, height = image.size
+                orientation = image.getexif().get(0x0112, 1) if image.format == "JPEG" else 1
+                info = ImageFileInfo(image.format or "", width, height, image.mode, orientation)
+                if image.format == "PNG":
+                    image.verify()  # every chunk's checksum and the end of the file
+                else:
+                    if image.format == "JPEG":  # decoded at 1/8 scale: still the whole stream
+                        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                    image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise PodiumError(f"{path}: cannot read {what} ({e or type(e).__name__})") from None
+    return info
 
 
 def read_gray(path: str | os.PathLike) -> np.ndarray:
@@ -148,15 +215,123 @@ def read_image_gray(path: str | os.PathLike) -> np.ndarray:
     return image if image.ndim == 2 else image[..., 0]
 
 
-def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    """All rows of a CSV file as dicts (values are strings; empty cells are '')."""
+def read_image_unchanged(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
+    """An image file's values as stored: HxW (grey) or HxWxC in RGB(A) order, 8 or 16 bits.
+    GIF (Carvana's masks), which OpenCV cannot read, goes through Pillow."""
+    if Path(path).suffix.lower() != ".gif":
+        image = _decode(path, cv2.IMREAD_UNCHANGED, what)
+        if image.ndim == 3 and image.shape[2] >= 3:
+            rgb = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+            image = cv2.cvtColor(image, rgb)
+        return image
+    from PIL import Image
+
     try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L" if im.mode in ("1", "L") else "RGB"))
+    except FileNotFoundError:
+        raise PodiumError(f"{path}: cannot read {what} (file missing)") from None
+    except (OSError, ValueError):
+        raise PodiumError(f"{path}: cannot read {what} (not a valid image file)") from None
+
+
+# -- CSV --------------------------------------------------------------------------------------
+class CsvRowRef(NamedTuple):
+    """Where a CSV row is: the file and its row number (the header is row 1), as a spreadsheet
+    shows it. Samples carry one (`Sample.origin`) so problems with a label name its row."""
+
+    path: str
+    row: int
+
+    def __str__(self) -> str:
+        return f"{self.path} row {self.row}"
+
+
+class CsvRow(dict):
+    """One row of a CSV file: column -> value. A column the file lacks is a PodiumError naming
+    the file and its header, not a bare KeyError."""
+
+    __slots__ = ("origin",)
+
+    def __missing__(self, column: str) -> str:
+        raise PodiumError(
+            f"{self.origin.path}: no column {column!r} (the header has: {', '.join(self)})"
+        )
+
+
+def read_csv_rows(
+    path: str | os.PathLike, columns: Sequence[str] = (), key: str | Sequence[str] | None = None
+) -> list[CsvRow]:
+    """All rows of a CSV file as dicts (values are strings; empty cells are ''); each row's
+    `origin` says where it is. A UTF-8 byte-order mark (Excel) and CRLF line ends are fine;
+    blank rows are skipped. `columns` must be in the header; `key` (a column or several) must
+    identify a row: an exact repeat of a row is a warning and used once, a repeated key with
+    other values is an error naming both rows. An empty file, a missing column, a row with
+    more or fewer values than the header: a PodiumError naming the file (and row)."""
+    keys = (key,) if isinstance(key, str) else tuple(key or ())
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [name.strip() for name in next(reader, [])]
+            if not any(header):
+                raise PodiumError(f"{path}: the file is empty (no header row)")
+            _check_header(path, header, [*columns, *keys])
+            rows = []
+            for cells in reader:
+                if not cells or not (cells[0].strip() or any(c.strip() for c in cells)):
+                    continue  # a blank row (Excel keeps some at the end)
+                if len(cells) != len(header):
+                    raise PodiumError(
+                        f"{path} row {reader.line_num}: {_values(len(cells))} but the header has "
+                        f"{len(header)} columns ({', '.join(header)})"
+                    )
+                row = CsvRow(zip(header, cells, strict=True))
+                row.origin = CsvRowRef(str(path), reader.line_num)
+                rows.append(row)
     except FileNotFoundError:
         raise PodiumError(f"{path}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise PodiumError(f"{path}: not a readable CSV file ({e})") from None
+    return _unique_rows(path, rows, keys) if keys else rows
+
+
+def _check_header(path: str | os.PathLike, header: list[str], needed: Sequence[str]) -> None:
+    repeated = next((name for name in header if header.count(name) > 1), None)
+    if repeated is not None:
+        raise PodiumError(f"{path}: column {repeated!r} appears twice in the header")
+    missing = [name for name in needed if name not in header]
+    if missing:
+        hint = "; it looks semicolon-separated: save it with commas" if ";" in header[0] else ""
+        raise PodiumError(
+            f"{path}: no column {missing[0]!r} in the header ({', '.join(header)}){hint}"
+        )
+
+
+def _unique_rows(path: str | os.PathLike, rows: list[CsvRow], keys: tuple[str, ...]):
+    """`rows` without exact repeats (a warning); a key repeated with other values is an error."""
+    first: dict[tuple, CsvRow] = {}
+    kept, repeats = [], []
+    for row in rows:
+        value = tuple(row[k] for k in keys)
+        seen = first.setdefault(value, row)
+        if seen is row:
+            kept.append(row)
+        elif seen == row:
+            repeats.append(row)
+        else:
+            column = next(c for c in row if row[c] != seen[c])
+            raise PodiumError(
+                f"{path} rows {seen.origin.row} and {row.origin.row}: {'/'.join(keys)} "
+                f"{'/'.join(value)} appears twice with different {column} "
+                f"({seen[column][:40]!r} and {row[column][:40]!r})"
+            )
+    if repeats:
+        log.warning(
+            "%s: %d exact repeat(s) of earlier rows, each used once (first: row %d, %s %s)",
+            path, len(repeats), repeats[0].origin.row, "/".join(keys),
+            "/".join(repeats[0][k] for k in keys),
+        )  # fmt: skip
+    return kept
 
 
 @contextlib.contextmanager
@@ -181,3 +356,7 @@ def progress_bar(
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path) as f:
         f.write(text)
+
+
+def _values(count: int) -> str:
+    return f"{count} value" if count == 1 else f"{count} values"

@@ -35,6 +35,7 @@ from podium.data import (
     resolve_num_workers,
     split_samples,
 )
+from podium.datacheck import require_clean_data
 from podium.io import PodiumError
 from podium.losses import build_loss
 from podium.models import build_model, resolve_precision
@@ -200,6 +201,7 @@ def load_data(cfg: DictConfig) -> TrainData:
     competition = load_competition(cfg)
     competition.require_data()
     samples = competition.train_samples()
+    require_clean_data(competition, samples, "train")  # before the folds and the first epoch
     n_folds, folds_seed = int(cfg.competition.n_folds), int(cfg.competition.folds_seed)
     folds = load_or_make_folds(samples, competition.data_dir / "folds.csv", n_folds, folds_seed)
     train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
