@@ -7,6 +7,7 @@ workers or processes, and a resumed run sees exactly the batches it would have s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -228,30 +229,71 @@ def make_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> dict[str, 
     return {samples[i].id: fold for fold, (_, val) in enumerate(splits) for i in val}
 
 
-def load_or_make_folds(samples: Sequence[Sample], path: Path, n_folds: int, seed: int):
+def load_or_make_folds(
+    samples: Sequence[Sample], path: Path, n_folds: int, seed: int, cache_dir: Path | None = None
+) -> dict[str, int]:
     """Read `folds.csv` (id, fold) if it exists and matches the samples, else make and save it.
-    A folds.csv for other samples or another fold count is an error, never silently replaced."""
+    A folds.csv for other samples or another fold count is an error, never silently replaced.
+
+    A data folder podium cannot write to (Kaggle's /kaggle/input, a read-only mount) keeps its
+    folds in `cache_dir` (default: the workspace's `.cache/folds/`) as
+    `<data folder>-<digest of its path>.csv`: the same file for every run on that data."""
     ids = {s.id for s in samples}
-    if path.is_file():
-        rows = io.read_csv_rows(path)
-        try:
-            folds = {row["id"]: int(row["fold"]) for row in rows}
-        except (KeyError, ValueError):
-            raise PodiumError(f"{path}: expected columns id,fold with integer folds") from None
-        if set(folds) != ids:
-            raise PodiumError(
-                f"{path}: lists {len(folds)} ids but the competition has {len(ids)} "
-                f"({len(set(folds) ^ ids)} differ); delete it to make new folds"
-            )
-        if len(set(folds.values())) != n_folds:
-            raise PodiumError(
-                f"{path}: has {len(set(folds.values()))} folds but competition.n_folds={n_folds}; "
-                "delete it or set competition.n_folds"
-            )
-        return folds
+    cached = None if path.is_file() else _cached_folds(path, cache_dir)
+    for candidate in (path, cached):
+        if candidate is not None and candidate.is_file():
+            return _read_folds(candidate, ids, n_folds)
     folds = make_folds(samples, n_folds, seed)
-    io.write_csv(path, [{"id": s.id, "fold": folds[s.id]} for s in samples], ["id", "fold"])
-    log.info("wrote %s (%d folds, grouped and stratified)", path, n_folds)
+    rows, columns = [{"id": s.id, "fold": folds[s.id]} for s in samples], ["id", "fold"]
+    try:
+        io.write_csv(path, rows, columns)
+        log.info("wrote %s (%d folds, grouped and stratified)", path, n_folds)
+        return folds
+    except OSError as e:
+        if cached is None:
+            raise PodiumError(f"{path}: cannot write the folds ({e.strerror or e})") from None
+        reason = e.strerror or e
+    try:
+        io.write_csv(cached, rows, columns)
+    except OSError as e:
+        raise PodiumError(f"{cached}: cannot write the folds ({e.strerror or e})") from None
+    log.info(
+        "%s is not writable (%s): wrote its %d folds to %s, which every run on it reads",
+        path.parent, reason, n_folds, cached,
+    )  # fmt: skip
+    return folds
+
+
+def _cached_folds(path: Path, cache_dir: Path | None) -> Path | None:
+    """Where the folds of a read-only data folder go (None: no workspace to keep them in)."""
+    if cache_dir is None:
+        from podium.workspace import NotAWorkspace, workspace_root
+
+        try:
+            cache_dir = workspace_root() / ".cache" / "folds"
+        except NotAWorkspace:
+            return None
+    data_dir = path.resolve().parent
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{data_dir.name}-{digest}.csv"
+
+
+def _read_folds(path: Path, ids: set[str], n_folds: int) -> dict[str, int]:
+    rows = io.read_csv_rows(path)
+    try:
+        folds = {row["id"]: int(row["fold"]) for row in rows}
+    except (KeyError, ValueError):
+        raise PodiumError(f"{path}: expected columns id,fold with integer folds") from None
+    if set(folds) != ids:
+        raise PodiumError(
+            f"{path}: lists {len(folds)} ids but the competition has {len(ids)} "
+            f"({len(set(folds) ^ ids)} differ); delete it to make new folds"
+        )
+    if len(set(folds.values())) != n_folds:
+        raise PodiumError(
+            f"{path}: has {len(set(folds.values()))} folds but competition.n_folds={n_folds}; "
+            "delete it or set competition.n_folds"
+        )
     return folds
 
 
