@@ -121,6 +121,7 @@ class FakeKaggle(CodeCompetitionState):
         # Knobs (tests set these to inject failures).
         self.max_page_size = 20  # the server's cap, like the real one; forces pagination
         self.truncate_blob_gets = 0  # the next N blob GETs send half the body, then hang up
+        self.corrupt_blob_gets = 0  # the next N blob GETs flip 16 bytes mid-body (same size)
         self.fail_uploads = False  # createUrl PUTs answer 500: the upload fails
         self.pending_polls = 1  # listings a new submission stays PENDING for
         self.score = "0.75000"  # public score of a submission with the right header
@@ -296,7 +297,16 @@ class _Handler(CodeCompetitionHandlers, BaseHTTPRequestHandler):
             truncate = fake.truncate_blob_gets > 0
             fake.truncate_blob_gets -= int(truncate)
             fake.blob_gets.append({"path": path, "range": range_header, "truncated": truncate})
+            corrupt = fake.corrupt_blob_gets > 0
+            fake.corrupt_blob_gets -= int(corrupt)
         body = data[start:]
+        if corrupt:  # damaged in transit: the length and the ETag still match
+            middle = len(body) // 2
+            body = (
+                body[:middle]
+                + bytes(b ^ 0xFF for b in body[middle : middle + 16])
+                + body[middle + 16 :]
+            )
         self.send_response(status)
         self.send_header("Content-Type", "application/zip" if path.endswith(".zip") else "text/csv")
         self.send_header("Content-Length", str(len(body)))

@@ -16,6 +16,7 @@ import pytest
 
 from podium.archives import (
     ArchiveError,
+    CorruptArchive,
     UnpackRules,
     archive_suffix,
     extract_archive,
@@ -245,6 +246,23 @@ def test_corrupt_archives_leave_nothing(kind: str, tmp_path: Path) -> None:
         unpack(archive, out, progress=False)
     assert not out.exists() or tree(out) == {}
     assert [p for p in src.iterdir() if p.name.startswith(".unpack")] == []
+
+
+@pytest.mark.parametrize("kind", ["zip", "7z", "tar.gz", "tar.xz", "tar.bz2"])
+def test_damaged_bytes_are_caught_in_every_format(kind: str, tmp_path: Path) -> None:
+    """Bytes flipped in transit, the size unchanged: a 7z used to escape as a raw LZMAError,
+    and a tar.gz passed (tarfile never reads the gzip CRC at the end of the stream)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    archive = make(kind, src, {"a.bin": os.urandom(50_000), "b.bin": b"b" * 50_000})
+    data = bytearray(archive.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 8):
+        data[i] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(CorruptArchive, match=r"x\.\S+ (is corrupt|is not a readable)"):
+        unpack(archive, out, progress=False)
+    assert not out.exists() or tree(out) == {}
 
 
 def test_not_an_archive_is_one_line(tmp_path: Path) -> None:

@@ -36,11 +36,9 @@ def test_train_writes_the_run_directory(demo_paths, demo_data_dir, tmp_path):
     assert summary["epochs_run"] == 3 and summary["competition"] == "demo_shapes"
     assert 0.0 <= summary["best_score"] <= 1.0 and 1 <= summary["best_epoch"] <= 3
     for name in ("last", "best"):
-        checkpoint = torch.load(run_dir / "checkpoints" / f"{name}.pt", weights_only=False)
+        checkpoint = torch.load(run_dir / "checkpoints" / f"{name}.pt", weights_only=True)
         assert checkpoint.keys() >= CHECKPOINT_KEYS
-    assert (
-        torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["state"]["epoch"] == 3
-    )
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"] == 3
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,")
     # OOF covers exactly the validation fold, in order, with probabilities as uint8.
@@ -56,7 +54,7 @@ def test_train_writes_the_run_directory(demo_paths, demo_data_dir, tmp_path):
 
 
 def final_weights(run_dir):
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     return checkpoint["model"], checkpoint["ema"], checkpoint["optimizer"]["state"]
 
 
@@ -107,7 +105,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(demo_paths, tmp_pat
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)  # now inside epoch 2
     assert proc.wait() == -signal.SIGKILL
-    epoch = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)["state"]["epoch"]
+    epoch = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"]
     assert epoch < 3, "the kill came too late to interrupt training"
     run_podium("train", f"resume={killed}")
     assert_identical(reference, killed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import lzma
 import os
 import re
 import shutil
@@ -37,6 +38,7 @@ from podium.io import PodiumError, progress_bar
 
 __all__ = [
     "ArchiveError",
+    "CorruptArchive",
     "UnpackRules",
     "archive_suffix",
     "extract_archive",
@@ -56,6 +58,11 @@ _CHUNK = 1 << 20
 
 class ArchiveError(PodiumError):
     """An archive is unsafe, corrupt or unreadable; nothing of it was extracted."""
+
+
+class CorruptArchive(ArchiveError):
+    """The archive's bytes are damaged (a failed CRC, a cut or garbled stream) or are not an
+    archive of its kind: unlike an unsafe archive, a fresh copy may be fine."""
 
 
 def archive_suffix(name: str) -> str | None:
@@ -171,6 +178,16 @@ class _TarReader(_Reader):
         assert handle is not None  # regular files always have data
         return handle
 
+    def write(
+        self, plan: list[tuple[_Entry, Path]], staging: Path, advance: Callable[[int], None]
+    ) -> None:
+        super().write(plan, staging, advance)
+        # gzip and xz check their CRC at the end of the stream, which tarfile never reads (it
+        # stops at the end-of-archive blocks): read it, so damaged bytes cannot pass.
+        if self.tf.fileobj is not None and self.suffix != ".tar":
+            while self.tf.fileobj.read(_CHUNK):
+                pass
+
     def close(self) -> None:
         self.tf.close()
 
@@ -233,7 +250,9 @@ _READERS: dict[str, type[_Reader]] = {
 
 def _format_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [zipfile.BadZipFile, zipfile.LargeZipFile, EOFError]
-    errors += [tarfile.TarError, zlib.error, gzip.BadGzipFile]
+    errors += [tarfile.TarError, zlib.error, gzip.BadGzipFile, lzma.LZMAError]
+    # A garbled zip header reads as an unsupported compression method or version.
+    errors += [NotImplementedError]
     try:
         import py7zr
 
@@ -250,7 +269,7 @@ def _open(path: Path, label: str) -> Iterator[_Reader]:
     try:
         reader = reader_class(path, suffix)
     except (OSError, *_format_errors()) as exc:
-        raise ArchiveError(f"{label} is not a readable {suffix} archive ({exc})") from None
+        raise CorruptArchive(f"{label} is not a readable {suffix} archive ({exc})") from None
     try:
         yield reader
     finally:
@@ -261,7 +280,7 @@ def _entries(reader: _Reader, label: str) -> list[_Entry]:
     try:
         return reader.entries()
     except (OSError, *_format_errors()) as exc:
-        raise ArchiveError(f"{label} is corrupt ({exc}); nothing was extracted") from None
+        raise CorruptArchive(f"{label} is corrupt ({exc}); nothing was extracted") from None
 
 
 # -- planning and extracting ------------------------------------------------------------------
@@ -340,7 +359,7 @@ def extract_archive(
                     raise ArchiveError(
                         f"cannot unpack {label}: {exc}; nothing was extracted"
                     ) from None
-                raise ArchiveError(f"{label} is corrupt ({exc}); nothing was extracted") from None
+                raise CorruptArchive(f"{label} is corrupt ({exc}); nothing was extracted") from None
             _check_sizes(staged, label)
             outputs = []
             for _, rel in plan:
@@ -356,7 +375,7 @@ def extract_archive(
 def _check_sizes(staged: list[tuple[_Entry, Path]], label: str) -> None:
     for entry, out in staged:
         if entry.size >= 0 and out.stat().st_size != entry.size:
-            raise ArchiveError(
+            raise CorruptArchive(
                 f"{label} is corrupt: {entry.name} has {out.stat().st_size} of {entry.size} "
                 "bytes; nothing was extracted"
             )

@@ -7,6 +7,7 @@ workers or processes, and a resumed run sees exactly the batches it would have s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -325,19 +326,56 @@ def read_folds(
     return folds
 
 
-def load_or_make_folds(samples: Sequence[Sample], path: Path, n_folds: int, seed: int):
+def load_or_make_folds(
+    samples: Sequence[Sample], path: Path, n_folds: int, seed: int, cache_dir: Path | None = None
+) -> dict[str, int]:
     """Read `folds.csv` (id, fold) if it exists and matches the samples, else make and save it.
     A folds.csv for other samples or another fold count, or one that splits a near-duplicate
-    cluster of duplicate_groups.csv (beside it), is an error, never silently replaced."""
+    cluster of duplicate_groups.csv (beside it), is an error, never silently replaced.
+
+    A data folder podium cannot write to (Kaggle's /kaggle/input, a read-only mount) keeps its
+    folds in `cache_dir` (default: the workspace's `.cache/folds/`) as
+    `<data folder>-<digest of its path>.csv`: the same file for every run on that data."""
     duplicate_groups = read_duplicate_groups(path.parent / DUPLICATE_GROUPS, samples)
-    if path.is_file():
-        return read_folds(path, samples, n_folds, duplicate_groups)
+    cached = None if path.is_file() else _cached_folds(path, cache_dir)
+    for candidate in (path, cached):
+        if candidate is not None and candidate.is_file():
+            return read_folds(candidate, samples, n_folds, duplicate_groups)
     folds = make_folds(samples, n_folds, seed, duplicate_groups)
-    io.write_csv(path, [{"id": s.id, "fold": folds[s.id]} for s in samples], ["id", "fold"])
+    rows, columns = [{"id": s.id, "fold": folds[s.id]} for s in samples], ["id", "fold"]
     clusters = len(set(duplicate_groups.values())) if duplicate_groups else 0
     kept = f", {clusters} near-duplicate clusters in one fold each" if clusters else ""
-    log.info("wrote %s (%d folds, grouped and stratified%s)", path, n_folds, kept)
+    try:
+        io.write_csv(path, rows, columns)
+        log.info("wrote %s (%d folds, grouped and stratified%s)", path, n_folds, kept)
+        return folds
+    except OSError as e:
+        if cached is None:
+            raise PodiumError(f"{path}: cannot write the folds ({e.strerror or e})") from None
+        reason = e.strerror or e
+    try:
+        io.write_csv(cached, rows, columns)
+    except OSError as e:
+        raise PodiumError(f"{cached}: cannot write the folds ({e.strerror or e})") from None
+    log.info(
+        "%s is not writable (%s): wrote its %d folds to %s, which every run on it reads%s",
+        path.parent, reason, n_folds, cached, kept,
+    )  # fmt: skip
     return folds
+
+
+def _cached_folds(path: Path, cache_dir: Path | None) -> Path | None:
+    """Where the folds of a read-only data folder go (None: no workspace to keep them in)."""
+    if cache_dir is None:
+        from podium.workspace import NotAWorkspace, workspace_root
+
+        try:
+            cache_dir = workspace_root() / ".cache" / "folds"
+        except NotAWorkspace:
+            return None
+    data_dir = path.resolve().parent
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{data_dir.name}-{digest}.csv"
 
 
 def split_samples(samples: Sequence[Sample], folds: dict[str, int], fold: int):

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from podium import distributed as dist
-from podium import rundir
+from podium import rundir, runlock
 from podium.train import train
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,12 @@ STARTUP_FILES = {".hydra", rundir.CONFIG, rundir.TENSORBOARD, rundir.METRICS}  #
 def _remove_unstarted_run_dir(path: Path) -> bool:
     """Remove a run directory that holds only what Hydra and podium write before the first
     checkpoint (a run that never got anywhere would otherwise be picked up by `runs=[...]`
-    globs). Anything else in it, e.g. a checkpoint, keeps it. True if it was removed."""
-    entries = list(path.iterdir()) if path.is_dir() else []
-    if path.is_dir() and all(e.name in STARTUP_FILES or e.suffix == ".log" for e in entries):
+    globs). Anything else in it, e.g. a checkpoint or a failed run's summary.json, keeps it,
+    and so does a training that holds it (another command training into the same folder).
+    True if it was removed."""
+    if not path.is_dir() or runlock.in_use(path):
+        return False
+    if all(e.name in STARTUP_FILES or e.suffix == ".log" for e in path.iterdir()):
         shutil.rmtree(path, ignore_errors=True)
         return True
     return False

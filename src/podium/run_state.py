@@ -55,6 +55,7 @@ __all__ = [
     "build_train_state",
     "make_checkpoint",
     "restore_checkpoint",
+    "estimate_checkpoint_bytes",
 ]
 
 
@@ -314,6 +315,8 @@ def lr_schedule(cfg: DictConfig, total_steps: int, steps_per_epoch: int):
 # =============================================================================================
 # Checkpoints of a TrainState.
 def make_checkpoint(run: TrainState, cfg: DictConfig) -> dict:
+    """Everything a resume needs, as tensors and plain data only (lists, dicts, numbers,
+    strings): it loads with `torch.load(weights_only=True)`, which runs no code."""
     return {
         "model": run.model.state_dict(),
         "ema": run.ema.state_dict() if run.ema is not None else None,
@@ -321,8 +324,8 @@ def make_checkpoint(run: TrainState, cfg: DictConfig) -> dict:
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
         "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": _python_rng_state(),
+            "numpy": _numpy_rng_state(),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
@@ -342,10 +345,52 @@ def restore_checkpoint(path: Path, run: TrainState) -> None:
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    _set_python_rng_state(rng["python"])
+    _set_numpy_rng_state(rng["numpy"])
     torch.set_rng_state(rng["torch"].cpu())
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
     run.progress = Progress(**checkpoint["state"])
     run.ema_updates[0] = run.progress.step
+
+
+# Python's and numpy's generator states as plain data. Older podium checkpoints kept the objects
+# the getters return (tuples; numpy's holds an ndarray): both forms restore.
+def _python_rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "state": list(internal), "gauss": gauss}
+
+
+def _set_python_rng_state(state: dict | tuple) -> None:
+    if isinstance(state, dict):
+        state = (state["version"], tuple(state["state"]), state["gauss"])
+    random.setstate(state)
+
+
+def _numpy_rng_state() -> dict:
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "key": key.tolist(), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+
+
+def _set_numpy_rng_state(state: dict | tuple) -> None:
+    if isinstance(state, dict):
+        key = np.asarray(state["key"], dtype=np.uint32)
+        state = (state["name"], key, state["pos"], state["has_gauss"], state["gauss"])
+    np.random.set_state(state)
+
+
+def estimate_checkpoint_bytes(run: TrainState) -> int:
+    """What `make_checkpoint` will write, before the first optimizer step has made the
+    optimizer's state: the weights, the EMA's, and the optimizer's per-parameter buffers
+    (Adam keeps two per parameter, SGD with momentum one), plus room for the rest."""
+    tensors = [*run.model.state_dict().values()]
+    if run.ema is not None:
+        tensors += [*run.ema.state_dict().values()]
+    weights = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    trainable = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    optimizer = run.optimizer
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        slots = 2
+    else:
+        slots = int(any(g.get("momentum") for g in optimizer.param_groups))
+    return weights + slots * trainable + (1 << 20)

@@ -14,14 +14,24 @@ A training run (`podium train`):
                            same runs finds it here, wherever the tune command's own folder is
 
 A `podium tune` folder holds tuned.json, a `podium predict` folder predict.json and
-submission.csv. Every file is written atomically (podium.io).
+submission.csv. Every file is written atomically (podium.io); the temporary files a killed
+process leaves (`.NAME.*.tmp`) are removed by the next command that uses the run.
+
+A run whose checkpoint could not be saved (a full disk) says `"status": "failed"` in its
+summary.json: run globs and `runs_of` skip it, like a run with no checkpoint. Checkpoints hold
+tensors and plain data only and load with `torch.load(weights_only=True)`: a file that would
+run code when loaded is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import logging
+import pickle
+import re
+import shutil
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,7 +41,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from podium import io, ledger
+from podium import io, ledger, runlock
 from podium.io import PodiumError
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,9 @@ __all__ = [
     "TENSORBOARD",
     "checkpoint_path",
     "is_run",
+    "run_problem",
+    "check_checkpoint_space",
+    "free_bytes",
     "read_config",
     "write_config",
     "read_summary",
@@ -114,14 +127,109 @@ def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Write `checkpoint` atomically: a failed write (a full disk) leaves the previous file
+    intact and no temporary file behind, and raises the OSError itself (torch reports a failed
+    write as a RuntimeError that names neither the file nor the cause)."""
     with io.atomic_write(path, "wb") as f:
-        torch.save(checkpoint, f)
+        sink = _Sink(f)
+        try:
+            torch.save(checkpoint, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+class _Sink:
+    """The file torch.save writes to, keeping the OSError a write raised."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+# Checkpoints saved before podium stored the RNG states as plain lists hold numpy's state as a
+# uint32 ndarray: exactly what that needs to load (an array of numbers is built; no code runs).
+# The third is numpy's _reconstruct, which pickled arrays name.
+_NUMPY_ARRAY_GLOBALS = [
+    np.ndarray,
+    np.dtype,
+    np.zeros(0).__reduce__()[0],
+    type(np.dtype(np.uint32)),
+]
+
+
+def _numpy_arrays_allowed() -> contextlib.AbstractContextManager:
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return allow(_NUMPY_ARRAY_GLOBALS) if allow else contextlib.nullcontext()
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
-    if not Path(path).is_file():
+    """A checkpoint's dict, read with `weights_only=True`: tensors and plain data only. A file
+    that needs anything else to load (a pickle that would run code) is refused, one line naming
+    it, and nothing in it runs."""
+    path = Path(path)
+    if not path.is_file():
         raise PodiumError(f"{path}: no checkpoint (did the run finish an epoch?)")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with _numpy_arrays_allowed():
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's refusals: "Unsupported global: GLOBAL exec ...", "Can only build Tensor, ...
+        # but got <class 'x.Y'>"; anything else is a damaged file.
+        wanted = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
+        if wanted is None:
+            detail = _first_line(str(e).split("WeightsUnpickler error:")[-1])
+            raise PodiumError(f"{path}: not a readable checkpoint ({detail})") from None
+        raise PodiumError(
+            f"{path}: refused: not a plain checkpoint (it asks for {wanted[1] or wanted[2]}); "
+            "nothing in it was run. podium loads tensors and plain data only"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise PodiumError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+    if not isinstance(checkpoint, dict):
+        raise PodiumError(f"{path}: not a podium checkpoint (it holds a {type(checkpoint)})")
+    return checkpoint
+
+
+def _first_line(error: BaseException | str) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def check_checkpoint_space(run_dir: Path, estimated_bytes: int) -> None:
+    """Refuse to train when the checkpoints cannot fit: the run would lose its first epoch.
+    A first save writes best.pt and last.pt; later saves replace one file at a time, the old
+    one staying until the new one is complete. Sizes: last.pt's, else `estimated_bytes`."""
+    folder = Path(run_dir) / "checkpoints"
+    last = checkpoint_path(run_dir, "last")
+    needed = last.stat().st_size if last.is_file() else 2 * estimated_bytes
+    free = free_bytes(folder)
+    if free < needed:
+        raise PodiumError(
+            f"{folder}: not enough free disk space for the checkpoints: they need "
+            f"~{_megabytes(needed)}, {_megabytes(free)} free there; make room or put the run "
+            "elsewhere (hydra.run.dir=...)"
+        )
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the filesystem that holds (or will hold) `path`."""
+    existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
 
 
 # -- out-of-fold predictions ------------------------------------------------------------------
@@ -160,13 +268,33 @@ def read_oof(run_dir: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
 
 
 # -- which runs -------------------------------------------------------------------------------
+def run_problem(run_dir: Path) -> str | None:
+    """Why the run in `run_dir` cannot be used for predictions, or None: it failed (its
+    summary.json says so, with the reason), or it has nothing to use (no checkpoint and no
+    out-of-fold predictions: it stopped before its first checkpoint)."""
+    run_dir = Path(run_dir)
+    try:
+        summary = read_summary(run_dir) or {}
+    except ValueError:
+        summary = {}
+    if summary.get("status") == "failed":
+        return f"failed: {summary.get('error') or 'see its podium.log'}"
+    saved = [checkpoint_path(run_dir, "best"), checkpoint_path(run_dir, "last"), run_dir / OOF]
+    if not any(p.is_file() for p in saved):
+        return "no checkpoint: it stopped before its first one"
+    return None
+
+
 def resolve_runs(cfg: DictConfig) -> list[tuple[Path, float]]:
     """(run directory, ensemble weight) of every run named by `runs` and `runs_of`.
 
     `runs` entries are directories or globs, relative to the working directory or else to
     `<paths.runs_dir>/<competition>`; `run_weights` gives one weight per entry (a glob's runs
     share it). `runs_of=E` adds every run the competition's ledger records under
-    experiment_name E (the latest of each fold and seed), with weight 1."""
+    experiment_name E (the latest usable one of each fold and seed), with weight 1. Globs and
+    `runs_of` skip failed runs and runs with no checkpoint (one log line says which); a run
+    named on its own that is one of those is an error. Temporary files that a killed process
+    left in a run are removed (unless a training holds the run)."""
     competition = cfg.competition.name
     base = Path(cfg.paths.runs_dir) / competition
     entries = [str(e) for e in (cfg.get("runs") or [])]
@@ -175,10 +303,7 @@ def resolve_runs(cfg: DictConfig) -> list[tuple[Path, float]]:
         raise PodiumError(f"run_weights: {len(weights)} weights for {len(entries)} entries of runs")
     found: dict[Path, float] = {}
     for i, entry in enumerate(entries):
-        matches = _match_runs(entry, base)
-        if not matches:
-            raise PodiumError(f"runs: '{entry}' names no run directory (none with a {CONFIG})")
-        for path in matches:
+        for path in _usable_runs(entry, _match_runs(entry, base)):
             found.setdefault(path, 1.0 if weights is None else float(weights[i]))
     if cfg.get("runs_of"):
         for path in _experiment_runs(str(cfg.runs_of), Path(cfg.paths.runs_dir), competition):
@@ -194,7 +319,29 @@ def resolve_runs(cfg: DictConfig) -> list[tuple[Path, float]]:
                 f"{path}: trained on competition {trained_on}, not {competition} "
                 f"(add competition={trained_on})"
             )
+        runlock.remove_temp_files(path)
     return list(found.items())
+
+
+def _usable_runs(entry: str, matches: list[Path]) -> list[Path]:
+    """The runs of `entry` that can be used; an entry naming one unusable run is an error."""
+    if not matches:
+        raise PodiumError(f"runs: '{entry}' names no run directory (none with a {CONFIG})")
+    problems = {path: run_problem(path) for path in matches}
+    usable = [path for path, problem in problems.items() if problem is None]
+    if not any(c in entry for c in "*?[") and not usable:  # one folder, named on its own
+        raise PodiumError(f"runs: {matches[0]}: {problems[matches[0]]}; leave it out of runs")
+    skipped = {path: problem for path, problem in problems.items() if problem is not None}
+    if skipped:
+        _log_skipped(f"runs: '{entry}'", skipped)
+    if not usable:
+        raise PodiumError(f"runs: '{entry}' names no usable run ({len(skipped)} skipped)")
+    return usable
+
+
+def _log_skipped(source: str, skipped: dict[Path, str]) -> None:
+    listed = "; ".join(f"{path.name} ({problem})" for path, problem in skipped.items())
+    log.warning("%s: skipped %d run(s): %s", source, len(skipped), listed)
 
 
 def _match_runs(entry: str, base: Path) -> list[Path]:
@@ -210,14 +357,24 @@ def _match_runs(entry: str, base: Path) -> list[Path]:
 def _experiment_runs(experiment: str, runs_dir: Path, competition: str) -> list[Path]:
     path = ledger.ledger_path(runs_dir, competition)
     latest: dict[tuple, Path] = {}
+    skipped: dict[Path, str] = {}
     for record in ledger.read(path):
         if record.get("kind") != "run" or record.get("experiment_name") != experiment:
             continue
         run_dir = Path(record.get("run_dir", ""))
-        if is_run(run_dir):
+        if not is_run(run_dir):
+            continue
+        problem = run_problem(run_dir)
+        if problem is None:
             latest[(record.get("fold"), record.get("seed"))] = run_dir.resolve()
+        else:
+            skipped[run_dir.resolve()] = problem
+    skipped = {p: problem for p, problem in skipped.items() if p not in latest.values()}
+    if skipped:
+        _log_skipped(f"runs_of={experiment}", skipped)
     if not latest:
-        raise PodiumError(f"runs_of={experiment}: no runs of that experiment in {path}")
+        more = f" ({len(skipped)} skipped)" if skipped else ""
+        raise PodiumError(f"runs_of={experiment}: no runs of that experiment in {path}{more}")
     return sorted(latest.values())
 
 

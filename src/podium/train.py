@@ -10,6 +10,7 @@ The run directory (decided by podium.launch, before any worker starts) and its f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import subprocess
 import time
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 import podium
 from podium import distributed as dist
-from podium import rundir
+from podium import rundir, runlock
 from podium.config import config_hash
 from podium.data import (
     SegmentationDataset,
@@ -41,9 +42,11 @@ from podium.models import (
 from podium.run_state import (
     Clock,
     Compute,
+    Progress,
     TrainData,
     TrainState,
     build_train_state,
+    estimate_checkpoint_bytes,
     load_data,
     make_checkpoint,
     restore_checkpoint,
@@ -78,47 +81,78 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if device.type == "cpu":
         retain_freed_memory()
     seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))
+    # Rank 0 holds the run while it trains, and first clears what a killed process left in it.
+    with runlock.claim_run(run_dir) if dist.is_main() else contextlib.nullcontext():
+        # -- data; model, EMA, optimizer, schedule, loss: fresh or from the last checkpoint ---
+        data = load_data(cfg)
+        run = build_train_state(cfg, data, Compute.for_trainer(tc, device))
+        if cfg.resume:
+            resume(run, run_dir, cfg)
+        records = None
+        if dist.is_main():
+            # Before the first epoch: a checkpoint that cannot fit would lose it.
+            rundir.check_checkpoint_space(run_dir, estimate_checkpoint_bytes(run))
+            records = RunLog(run_dir, cfg, run.progress.step, clock)
+            records.start(data, run.compute)
+        status = train_epochs(run, data, cfg, run_dir, records, clock)
+        summary = run_summary(cfg, run_dir, run, data, status, clock)
+        if dist.is_main():
+            records.finish(summary)
+    return summary
 
-    # -- data; model, EMA, optimizer, schedule, loss: fresh or from the last checkpoint -------
-    data = load_data(cfg)
-    run = build_train_state(cfg, data, Compute.for_trainer(tc, device))
-    if cfg.resume:
-        resume(run, run_dir, cfg)
-    records = RunLog(run_dir, cfg, run.progress.step, clock) if dist.is_main() else None
-    if dist.is_main():
-        records.start(data, run.compute)
 
-    # -- the loop: train an epoch, validate, checkpoint, stop early ---------------------------
-    max_epochs, status = int(tc.max_epochs), "finished"
+def train_epochs(
+    run: TrainState,
+    data: TrainData,
+    cfg: DictConfig,
+    run_dir: Path,
+    records: RunLog | None,
+    clock: Clock,
+) -> str:
+    """The loop: train an epoch, validate, checkpoint, stop early. Returns the run's status."""
+    tc = cfg.trainer
+    max_epochs = int(tc.max_epochs)
     for epoch in range(run.progress.epoch, max_epochs):
         train_loss, seconds = train_epoch(run, data, cfg, epoch, records)
         clock.count_epoch(seconds, data.images_per_epoch)
         result = None
         if (epoch + 1) % int(tc.val_every) == 0 or epoch + 1 == max_epochs:
             result = validate(run.eval_model, data.val_set, run.loss_fn, run.compute, cfg)
+        saved = dataclasses.replace(run.progress)  # what the checkpoints on disk hold
         improved = run.progress.end_epoch(result)
-        if dist.is_main():
+        if records is not None:  # rank 0
+            try:
+                save_epoch(run, data, cfg, run_dir, result, improved)
+            except OSError as error:  # a full disk: the checkpoints before this one are intact
+                raise records.fail(error, run, data, saved) from None
+            # Only now: metrics.csv never claims an epoch that no checkpoint holds.
             records.epoch(run, train_loss, result, data.images_per_epoch / seconds)
-            checkpoint = make_checkpoint(run, cfg)
-            if improved:
-                save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "best"))
-                if tc.save_oof:
-                    ids = [s.id for s in data.val_set.samples]
-                    rundir.write_oof(run_dir, ids, result["probs"], result["masks"])
-            # A kill after this resumes here.
-            save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "last"))
         dist.barrier()
         if tc.early_stopping and run.progress.stale_epochs >= int(tc.early_stopping):
-            status = "early_stopped"
             if dist.is_main():
                 stale = run.progress.stale_epochs
                 log.info("early stopping: %d epochs without improvement", stale)
-            break
+            return "early_stopped"
+    return "finished"
 
-    summary = run_summary(cfg, run_dir, run, data, status, clock)
-    if dist.is_main():
-        records.finish(summary)
-    return summary
+
+def save_epoch(
+    run: TrainState,
+    data: TrainData,
+    cfg: DictConfig,
+    run_dir: Path,
+    result: dict | None,
+    improved: bool,
+) -> None:
+    """The epoch's checkpoints (best.pt and oof.npz when it scored best, then last.pt)."""
+    checkpoint = make_checkpoint(run, cfg)
+    if improved:
+        save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "best"))
+        if cfg.trainer.save_oof:
+            ids = [s.id for s in data.val_set.samples]
+            rundir.write_oof(run_dir, ids, result["probs"], result["masks"])
+    # A kill after this resumes here.
+    save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "last"))
 
 
 def resume(run: TrainState, run_dir: Path, cfg: DictConfig) -> None:
@@ -178,6 +212,25 @@ class RunLog:
             best = " (best)" if run.progress.best_epoch == epoch else ""
             log.info("epoch %d: train loss %.4f, %s%s", epoch, train_loss, scores, best)
         self.writer.flush()
+
+    def fail(
+        self, error: OSError, run: TrainState, data: TrainData, saved: Progress
+    ) -> PodiumError:
+        """A checkpoint could not be saved: summary.json and the ledger say the run failed and
+        why, counting only the epochs its checkpoints hold (`saved`). Returns the error."""
+        folder = rundir.checkpoint_path(self.run_dir, "last").parent
+        cause = f"{error.strerror or error}, {rundir.free_bytes(folder) / 2**20:.1f} MB free"
+        reason = f"{folder}: cannot save the checkpoint of epoch {run.progress.epoch} ({cause})"
+        summary = run_summary(self.cfg, self.run_dir, run, data, "failed", self.clock, saved)
+        try:
+            self.finish({**summary, "error": reason})
+        except OSError as e:
+            log.warning("%s: the failure is not recorded (%s)", self.run_dir, e.strerror or e)
+        if saved.epoch:
+            kept = f"checkpoints/last.pt still holds epoch {saved.epoch}: make room, then resume"
+        else:
+            kept = "no epoch was saved: make room and train again"
+        return PodiumError(f"{reason}; the run is marked failed, {kept}")
 
     def finish(self, summary: dict) -> None:
         """Write summary.json (across resumes the run's own totals add up: `summary` is updated
@@ -346,10 +399,17 @@ def validate(
 
 
 def run_summary(
-    cfg: DictConfig, run_dir: Path, run: TrainState, data: TrainData, status: str, clock: Clock
+    cfg: DictConfig,
+    run_dir: Path,
+    run: TrainState,
+    data: TrainData,
+    status: str,
+    clock: Clock,
+    progress: Progress | None = None,
 ) -> dict:
-    """The run's facts for summary.json, the ledger and write-ups."""
-    progress, weights = run.progress, cfg.model.encoder_weights
+    """The run's facts for summary.json, the ledger and write-ups (`progress`: how far it got,
+    by default `run.progress`)."""
+    progress, weights = progress or run.progress, cfg.model.encoder_weights
     return {
         "competition": data.competition.name,
         "experiment_name": cfg.experiment_name,

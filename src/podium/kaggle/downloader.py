@@ -17,9 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
-from podium.archives import ArchiveError, UnpackRules, extract_archive, safe_relative, unpack
+from podium.archives import (
+    ArchiveError,
+    CorruptArchive,
+    UnpackRules,
+    extract_archive,
+    safe_relative,
+    unpack,
+)
 from podium.io import progress_bar
 from podium.kaggle.client import (
     HTTP_TIMEOUT_S,
@@ -32,14 +38,13 @@ from podium.kaggle.client import (
     kaggle_errors,
     open_session,
 )
+from podium.kaggle.manifest import STATE_DIR, Manifest, Remote
 
 log = logging.getLogger(__name__)
 
 #: Waits before each in-call resume of an interrupted download (then the call gives up and a
 #: later call resumes from the partial file).
 RESUME_DELAYS_S: tuple[float, ...] = (1.0, 4.0)
-_STATE_DIR = ".podium-kaggle"  # inside the download dir: partial files, manifest, staging
-_MANIFEST = "manifest.json"
 _CHUNK = 1 << 18  # also bounds what an interruption loses
 
 
@@ -47,115 +52,8 @@ _CHUNK = 1 << 18  # also bounds what an interruption loses
 # downloading
 
 
-@dataclass(frozen=True)
-class _Remote:
-    url: str  # the final (post-redirect) blob URL
-    size: int | None
-    validator: str | None  # ETag or Last-Modified: proves a partial file is of this object
-    resumable: bool
-    encoded: bool  # Content-Encoding set: the byte count cannot be checked against the length
-
-    @classmethod
-    def of(cls, response: Any) -> _Remote:
-        headers = response.headers
-        length = headers.get("Content-Length")
-        return cls(
-            url=response.url,
-            size=int(length) if length and length.isdigit() else None,
-            validator=headers.get("ETag") or headers.get("Last-Modified"),
-            resumable=headers.get("Accept-Ranges") == "bytes",
-            encoded=bool(headers.get("Content-Encoding")),
-        )
-
-    @property
-    def served_name(self) -> str:
-        return PurePosixPath(urlsplit(self.url).path).name
-
-
-class _Manifest:
-    """What a download completed, in ``<dest>/.podium-kaggle/manifest.json``.
-
-    ``downloads``: per download key, the remote identity (size, ETag/Last-Modified) and the
-    files it put in place. ``unpacked``: per member archive (path in ``dest``), its size and the
-    files it unpacked into. An archive deleted after its verified extraction still counts as
-    present while everything it unpacked into is.
-    """
-
-    def __init__(self, dest: Path) -> None:
-        self.path = dest / _STATE_DIR / _MANIFEST
-        self.dest = dest
-        try:
-            self.data = json.loads(self.path.read_text())
-            if not isinstance(self.data.get("downloads"), dict):
-                raise ValueError("no downloads")
-        except (OSError, ValueError, AttributeError):
-            self.data = {"version": 1, "downloads": {}}
-        self.data.setdefault("unpacked", {})
-
-    def complete_outputs(self, key: str, remote: _Remote) -> list[Path] | None:
-        """The outputs of ``key`` if they were fully written from this same remote object."""
-        entry = self.data["downloads"].get(key)
-        if not entry or entry.get("size") != remote.size:
-            return None
-        if entry.get("validator") != remote.validator:
-            return None
-        return self.local_outputs(key)
-
-    def local_outputs(self, key: str) -> list[Path] | None:
-        """The recorded outputs of ``key`` if all are still on disk with their sizes (an
-        unpacked archive stands for what it unpacked into)."""
-        entry = self.data["downloads"].get(key)
-        return self._present(entry["files"]) if entry else None
-
-    def unpacked_outputs(self, rel: str) -> list[Path] | None:
-        """What the member archive ``rel`` unpacked into, if all of it is on disk and the
-        archive (where it was kept) is the one that was unpacked."""
-        entry = self.data["unpacked"].get(rel)
-        archive = self.dest / rel
-        if not entry or (archive.is_file() and archive.stat().st_size != entry["size"]):
-            return None
-        return self._present(entry["files"])
-
-    def _present(self, files: dict[str, int]) -> list[Path] | None:
-        outputs: list[Path] = []
-        for rel, size in files.items():
-            path = self.dest / rel
-            if path.is_file() and path.stat().st_size == size:
-                outputs.append(path)
-                continue
-            unpacked = self.unpacked_outputs(rel) if not path.exists() else None
-            if unpacked is None:
-                return None
-            outputs.extend(unpacked)
-        return outputs
-
-    def record(self, key: str, remote: _Remote, outputs: list[Path]) -> None:
-        files = self._sizes(outputs)
-        self.data["downloads"][key] = {
-            "size": remote.size,
-            "validator": remote.validator,
-            "files": files,
-        }
-        for rel in files:  # freshly downloaded archives have not been unpacked yet
-            self.data["unpacked"].pop(rel, None)
-        self._save()
-
-    def record_unpacked(self, rel: str, size: int, outputs: list[Path]) -> None:
-        self.data["unpacked"][rel] = {"size": size, "files": self._sizes(outputs)}
-        self._save()
-
-    def _sizes(self, outputs: list[Path]) -> dict[str, int]:
-        return {p.relative_to(self.dest).as_posix(): p.stat().st_size for p in outputs}
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)  # atomic: never a half-written manifest
-
-
 def _stream_body(
-    response: Any, part: Path, offset: int, remote: _Remote, progress: bool | None
+    response: Any, part: Path, offset: int, remote: Remote, progress: bool | None
 ) -> None:
     mode = "ab" if offset else "wb"
     with (
@@ -167,7 +65,7 @@ def _stream_body(
             advance(len(chunk))
 
 
-def _range_get(remote: _Remote, offset: int) -> tuple[Any, int]:
+def _range_get(remote: Remote, offset: int) -> tuple[Any, int]:
     """GET the blob again from ``offset``; return the response and the offset it starts at."""
     import requests
 
@@ -191,7 +89,7 @@ def _sidecar(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
-def _fetch(response: Any, remote: _Remote, part: Path, force: bool, progress: bool | None) -> None:
+def _fetch(response: Any, remote: Remote, part: Path, force: bool, progress: bool | None) -> None:
     """Stream the blob into ``part``, reusing a partial (or complete) file of the same object.
 
     ``part`` plus its sidecar stay on disk until the caller has put the content in place, so an
@@ -263,14 +161,14 @@ class _Job:
     session: Session
     slug: str
     dest: Path
-    manifest: _Manifest
+    manifest: Manifest
     force: bool
     unpack: UnpackRules
     progress: bool | None
 
     @property
     def state(self) -> Path:
-        return self.dest / _STATE_DIR
+        return self.dest / STATE_DIR
 
 
 def _download_one(job: _Job, name: str | None) -> list[Path]:
@@ -292,7 +190,7 @@ def _download_one(job: _Job, name: str | None) -> list[Path]:
             request.competition_name = job.slug
             request.file_name = name
             response = competitions.download_data_file(request)
-        remote = _Remote.of(response)
+        remote = Remote.of(response)
         outputs = None if job.force else job.manifest.complete_outputs(key, remote)
         if outputs is not None:
             response.close()
@@ -310,6 +208,8 @@ def _download_one(job: _Job, name: str | None) -> list[Path]:
         # Unsafe or corrupt content: keeping it would only hand the same bytes back.
         part.unlink(missing_ok=True)
         _sidecar(part).unlink(missing_ok=True)
+        if isinstance(exc, CorruptArchive):
+            raise KaggleError(f"{exc}; discarded the damaged download: {_AGAIN}") from None
         raise KaggleError(str(exc)) from None
     part.unlink(missing_ok=True)
     _sidecar(part).unlink(missing_ok=True)
@@ -321,12 +221,12 @@ def _put_in_place(job: _Job, part: Path, served: str, name: str | None) -> list[
     """Extract the competition archive into ``dest``, or move one downloaded file there."""
     options = {"label": served, "work_dir": job.state, "progress": job.progress}
     if name is None:
-        return extract_archive(part, job.dest, reserved=(_STATE_DIR,), **options)
+        return extract_archive(part, job.dest, reserved=(STATE_DIR,), **options)
     rel = safe_relative(name)
     assert isinstance(rel, PurePosixPath)  # checked by download()
     # Kaggle serves large single files zipped as "<name>.zip": unwrap those.
     if served.endswith(".zip") and not rel.name.endswith(".zip"):
-        return extract_archive(part, job.dest / rel.parent, reserved=(_STATE_DIR,), **options)
+        return extract_archive(part, job.dest / rel.parent, reserved=(STATE_DIR,), **options)
     final = job.dest / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
@@ -353,6 +253,8 @@ def _unpack_members(job: _Job, outputs: list[Path]) -> list[Path]:
             options = {"label": rel, "work_dir": job.state, "progress": job.progress}
             try:
                 done = unpack(path, folder, **options)
+            except CorruptArchive as exc:
+                raise KaggleError(_discard_member(job, rel, exc)) from None
             except ArchiveError as exc:
                 raise KaggleError(f"{exc} (the rest of the download is in place)") from None
             job.manifest.record_unpacked(rel, path.stat().st_size, done)
@@ -362,10 +264,28 @@ def _unpack_members(job: _Job, outputs: list[Path]) -> list[Path]:
     return final
 
 
+_AGAIN = "the next run downloads it again"
+
+
+def _discard_member(job: _Job, rel: str, exc: CorruptArchive) -> str:
+    """A damaged member archive: delete it, so the next run fetches it again (the manifest
+    counts a download complete only while its files, or what they unpacked into, are there)
+    instead of failing on the same bytes. Returns the message."""
+    (job.dest / rel).unlink(missing_ok=True)
+    alone = job.manifest.data["downloads"].get(f"file:{rel}")
+    if alone and rel in alone["files"]:  # downloaded on its own: damaged on the way
+        return f"{exc}; deleted the damaged download: {_AGAIN}"
+    # It came out of an archive whose own checks passed: Kaggle's copy may be the damaged one.
+    return (
+        f"{exc}; deleted it: it came out of an intact download, so Kaggle's copy may be "
+        f"damaged; {_AGAIN} (the rest of the download is in place)"
+    )
+
+
 def _check_file_names(files: list[str]) -> list[str]:
     names = list(dict.fromkeys(files))  # keep order, drop duplicates
     for name in names:
-        rel = safe_relative(name or "", reserved=(_STATE_DIR,))
+        rel = safe_relative(name or "", reserved=(STATE_DIR,))
         if isinstance(rel, str):
             raise KaggleError(f"invalid file name {name!r}: it {rel}")
         if str(rel) == ".":
@@ -403,16 +323,16 @@ def download(
     dest = Path(dest)
     names = _download_keys(files)
     session = open_session()
-    (dest / _STATE_DIR).mkdir(parents=True, exist_ok=True)
+    (dest / STATE_DIR).mkdir(parents=True, exist_ok=True)
     # Two downloads into one directory would share partial files and the manifest.
-    lock = FileLock(str(dest / _STATE_DIR / "lock"))
+    lock = FileLock(str(dest / STATE_DIR / "lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         log.warning("waiting for another podium download into %s", dest)
         lock.acquire()
     try:
-        job = _Job(session, slug, dest, _Manifest(dest), force, unpack or UnpackRules(), progress)
+        job = _Job(session, slug, dest, Manifest(dest), force, unpack or UnpackRules(), progress)
         outputs: list[Path] = []
         for name in names:
             action = f"downloading {name}" if name else "downloading the data"
@@ -431,7 +351,7 @@ def download_blob(url: str, target: Path, work_dir: Path, progress: bool | None 
 
     response = requests.get(url, stream=True, timeout=HTTP_TIMEOUT_S)
     response.raise_for_status()
-    remote = _Remote.of(response)
+    remote = Remote.of(response)
     work_dir.mkdir(parents=True, exist_ok=True)
     part = work_dir / f"{hashlib.sha256(str(target).encode()).hexdigest()[:16]}.part"
     _fetch(response, remote, part, force=True, progress=progress)
@@ -448,7 +368,7 @@ def downloaded(dest: Path, files: list[str] | None = None) -> list[Path] | None:
     not whether Kaggle has changed the data since.
     """
     dest = Path(dest)
-    manifest = _Manifest(dest)
+    manifest = Manifest(dest)
     outputs: list[Path] = []
     for name in _download_keys(files):
         found = manifest.local_outputs("*" if name is None else f"file:{name}")
