@@ -15,14 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from podium import distributed as dist
 from podium import rundir, runlock
-from podium.train import train
+from podium.io import PodiumError
+from podium.train import TrainHooks, train
 
 log = logging.getLogger(__name__)
 
 __all__ = ["main", "worker", "join_launched_job"]
 
 
-def main(cfg: DictConfig, run_dir: Path) -> float | None:
+def main(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> float | None:
     """`podium train`, called once per run inside the Hydra task, after Hydra chose `run_dir`.
 
     The run is decided here, once: its directory and its resolved config (written to
@@ -30,22 +31,31 @@ def main(cfg: DictConfig, run_dir: Path) -> float | None:
     launched here that are handed that directory and config (`trainer.devices=N|auto`, or
     `trainer.gpus_per_job=K`: K workers on K GPUs leased from the machine), or, when torchrun
     started this process, as one worker of that job. Returns the best score (Hydra sweepers
-    optimise it)."""
+    optimise it). `hooks` (podium.search's trials) need the training in this process."""
     config = OmegaConf.to_container(cfg, resolve=True)
     if dist.inside_launcher():
         return join_launched_job(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_config(run_dir, config)
     try:
-        return _train_here_or_in_workers(cfg, config, run_dir)
+        return _train_here_or_in_workers(cfg, config, run_dir, hooks)
     except BaseException:
         if not cfg.resume and _remove_unstarted_run_dir(run_dir):
             log.info("removed %s: the run stopped before its first checkpoint", run_dir)
         raise
 
 
-def _train_here_or_in_workers(cfg: DictConfig, config: dict, run_dir: Path) -> float | None:
+def _train_here_or_in_workers(
+    cfg: DictConfig, config: dict, run_dir: Path, hooks: TrainHooks | None
+) -> float | None:
     tc = cfg.trainer
+    if hooks is not None:
+        if tc.gpus_per_job or dist.resolve_devices(tc.devices) != 1:
+            raise PodiumError(
+                f"trainer.devices={tc.devices}, trainer.gpus_per_job={tc.gpus_per_job}: "
+                "a search trial trains in one process (search.gpus_per_worker leases its GPU)"
+            )
+        return train(OmegaConf.create(config), run_dir, hooks)["best_score"]
     if tc.gpus_per_job:
         with dist.lease_gpus(int(tc.gpus_per_job)) as gpus:
             log.info("GPUs %s for %s", ",".join(gpus), run_dir)

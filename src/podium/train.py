@@ -15,6 +15,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ from podium.rundir import quantize, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "validate"]
+__all__ = ["train", "validate", "TrainHooks"]
 
 METRICS_COLUMNS = [
     "epoch",
@@ -71,10 +72,22 @@ METRICS_COLUMNS = [
 ]
 
 
+@dataclass
+class TrainHooks:
+    """What a caller adds to a run (podium.search's trials). `after_validation(epoch, score,
+    last)` runs on rank 0 once a validated epoch is checkpointed and in metrics.csv (epoch
+    counts from 1; `last`: no epoch follows); True stops the run there, recorded as "pruned".
+    `summary`: fields added to summary.json and the ledger record."""
+
+    after_validation: Callable[[int, float, bool], bool] | None = None
+    summary: dict = field(default_factory=dict)
+
+
 # =============================================================================================
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> dict:
     """Train `cfg` into `run_dir` (resuming from `run_dir/checkpoints/last.pt` when
     `cfg.resume` is set). Returns the summary written to summary.json."""
+    hooks = hooks or TrainHooks()
     clock = Clock()
     tc = cfg.trainer
     device = resolve_device()
@@ -92,10 +105,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if dist.is_main():
             # Before the first epoch: a checkpoint that cannot fit would lose it.
             rundir.check_checkpoint_space(run_dir, estimate_checkpoint_bytes(run))
-            records = RunLog(run_dir, cfg, run.progress.step, clock)
+            records = RunLog(run_dir, cfg, run.progress.step, clock, hooks.summary)
             records.start(data, run.compute)
-        status = train_epochs(run, data, cfg, run_dir, records, clock)
-        summary = run_summary(cfg, run_dir, run, data, status, clock)
+        status = train_epochs(run, data, cfg, run_dir, records, clock, hooks)
+        summary = {**run_summary(cfg, run_dir, run, data, status, clock), **hooks.summary}
         if dist.is_main():
             records.finish(summary)
     return summary
@@ -108,8 +121,10 @@ def train_epochs(
     run_dir: Path,
     records: RunLog | None,
     clock: Clock,
+    hooks: TrainHooks,
 ) -> str:
-    """The loop: train an epoch, validate, checkpoint, stop early. Returns the run's status."""
+    """The loop: train an epoch, validate, checkpoint, stop early (or when `hooks` says so).
+    Returns the run's status."""
     tc = cfg.trainer
     max_epochs = int(tc.max_epochs)
     for epoch in range(run.progress.epoch, max_epochs):
@@ -128,6 +143,13 @@ def train_epochs(
             # Only now: metrics.csv never claims an epoch that no checkpoint holds.
             records.epoch(run, train_loss, result, data.images_per_epoch / seconds)
         dist.barrier()
+        if result is not None and hooks.after_validation is not None:
+            last, epochs_done = epoch + 1 == max_epochs, run.progress.epoch
+            stop = dist.is_main() and hooks.after_validation(epochs_done, result["score"], last)
+            if dist.broadcast_object(stop):  # every rank stops together
+                if dist.is_main():
+                    log.info("stopped after epoch %d: pruned", run.progress.epoch)
+                return "pruned"
         if tc.early_stopping and run.progress.stale_epochs >= int(tc.early_stopping):
             if dist.is_main():
                 stale = run.progress.stale_epochs
@@ -169,10 +191,13 @@ class RunLog:
     """Rank 0's records of a run as it goes: metrics.csv, TensorBoard events, log lines, and at
     the end summary.json and the ledger."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, step: int, clock: Clock):
+    def __init__(
+        self, run_dir: Path, cfg: DictConfig, step: int, clock: Clock, extra: dict | None = None
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir, self.cfg, self.clock = run_dir, cfg, clock
+        self.extra = extra or {}  # fields every summary of this run carries (TrainHooks.summary)
         # A resumed run drops the events logged after its checkpoint.
         tb = run_dir / rundir.TENSORBOARD
         self.writer = SummaryWriter(log_dir=str(tb), purge_step=step or None)
@@ -237,6 +262,7 @@ class RunLog:
         with them) and record the run in the ledger."""
         from podium import ledger
 
+        summary.update(self.extra)
         before = rundir.read_summary(self.run_dir) if self.cfg.resume else None
         if before:
             summary["duration_s"] = round(before.get("duration_s", 0) + summary["duration_s"], 1)
