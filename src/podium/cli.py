@@ -43,6 +43,7 @@ _COMMAND_TABLE = """
 download      tools   podium.download:download_command    -   get a competition's data
 doctor        tools   podium.doctor:doctor_command        -   check the data first (exits 0)
 train         train   podium.launch:main                  run train one model (a fold, a seed)
+search        search  podium.search:search_command        run search hyper-parameters (Optuna)
 tune          tune    podium.tune:tune_command            run tune post-processing on OOF
 predict       predict podium.infer:predict_command        run ensemble runs on the test set
 validate      tools   podium.submission:validate_command  -   check a submission file

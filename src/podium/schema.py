@@ -121,6 +121,71 @@ DOCTOR = {  # configs/tools.yaml's doctor section
     "doctor.workers": WORKERS,
     "doctor.max_listed": Int(min=0),
 }
+
+
+class SearchSpace(Rule):
+    """search.params: train settings or config groups (`optimizer.lr`, `loss`) mapped to how
+    to sample them. A wrong entry is named with what it must be."""
+
+    what = "a non-empty mapping of train settings to {type: float|int|categorical, ...}"
+    plural = "search spaces"
+    NUMBER_KEYS = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "step"}}
+    SHAPES = {
+        "float": "{type: float, low: L, high: H, log: true|false} with L < H (L > 0 for log)",
+        "int": "{type: int, low: L, high: H, step: S} with integers L < H, S >= 1",
+        "categorical": "{type: categorical, choices: [...]}, a non-empty list of plain values",
+    }
+
+    def accepts(self, value: Any) -> bool:
+        return self.problem("search.params", value) is None
+
+    def problem(self, key: str, value: Any) -> str | None:
+        if not isinstance(value, dict) or not value:
+            return f"{key}={show(value)}: expected {self.what}"
+        for name, spec in value.items():
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            if kind not in self.SHAPES:
+                shapes = "; or ".join(self.SHAPES.values())
+                return f"{key}.{name}={show(spec)}: expected {shapes}"
+            if not self._fits(kind, spec):
+                return f"{key}.{name}={show(spec)}: expected {self.SHAPES[kind]}"
+        return None
+
+    def _fits(self, kind: str, spec: dict) -> bool:
+        if kind == "categorical":
+            choices = spec.get("choices")
+            plain = Text() | Bool() | None
+            return (
+                set(spec) == {"type", "choices"}
+                and isinstance(choices, list)
+                and len(choices) > 0
+                and all(plain.accepts(c) for c in choices)
+            )
+        number = Int() if kind == "int" else Float()
+        low, high = spec.get("low"), spec.get("high")
+        if not set(spec) <= self.NUMBER_KEYS[kind] or not number.accepts(low):
+            return False
+        if not number.accepts(high) or not low < high:
+            return False
+        if kind == "int":
+            return Int(min=1).accepts(spec.get("step", 1))
+        log = spec.get("log", False)
+        return Bool().accepts(log) and (not log or low > 0)
+
+
+SEARCH = {  # configs/search/ (podium search)
+    "search.params": SearchSpace(),
+    "search.name": Str("a study name"),
+    "search.n_trials": Int(min=1),
+    "search.workers": Int(min=1),
+    "search.gpus_per_worker": Int(min=1),
+    "search.sampler": OneOf("tpe", "random", "grid"),
+    "search.seed": SEEDS | None,
+    "search.pruner.name": OneOf("median", "threshold", "none"),
+    "search.pruner.n_startup_trials": Int(min=0),
+    "search.pruner.n_warmup_steps": Int(min=0),
+    "search.pruner.threshold": Float() | None,
+}
 EXPORT = {  # configs/export.yaml (with RUNS and INFER)
     "user": Str("a Kaggle user name") | None,
     "dataset_slug": Str("a Kaggle dataset slug") | None,
@@ -224,8 +289,8 @@ PATHS = {f"paths.{key}": Path() for key in ("root_dir", "data_dir", "runs_dir", 
 OPEN = {"hydra": Open()}  # Hydra's own settings: Hydra checks them
 
 SCHEMA: dict[str, Rule] = {
-    **TRAIN, **RUNS, **INFER, **TOOLS, **DOCTOR, **EXPORT, **COMPETITION, **MODEL, **LOSS,
-    **OPTIMIZER, **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **OPEN,
+    **TRAIN, **RUNS, **INFER, **TOOLS, **DOCTOR, **SEARCH, **EXPORT, **COMPETITION, **MODEL,
+    **LOSS, **OPTIMIZER, **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **OPEN,
 }  # fmt: skip
 # The mappings that hold settings (trainer, competition.submission...): never a plain value.
 SECTIONS = {key.rsplit(".", i)[0] for key in SCHEMA for i in range(1, key.count(".") + 1)}
@@ -338,6 +403,20 @@ def _one_weight_per_run_entry(s: Settings) -> str | None:
     return None
 
 
+def _search_grid_and_pruner(s: Settings) -> str | None:
+    params = s.get("search.params")
+    if s.get("search.sampler") == "grid" and isinstance(params, dict):
+        for name, spec in params.items():
+            if isinstance(spec, dict) and spec.get("type") != "categorical":
+                return (
+                    f"search.params.{name}: expected {{type: categorical, ...}} with "
+                    "search.sampler=grid (a grid lists every value)"
+                )
+    if s.get("search.pruner.name") == "threshold" and s.get("search.pruner.threshold") is None:
+        return "search.pruner.threshold=null: expected a number with search.pruner.name=threshold"
+    return None
+
+
 def _nesterov_with_momentum(s: Settings) -> str | None:
     sgd = s.get("optimizer.name") == "sgd" and s.get("optimizer.nesterov") is True
     if sgd and s.get("optimizer.momentum") == 0:
@@ -355,6 +434,7 @@ CROSS_KEY_RULES: list[Callable[[Settings], str | None]] = [
     _classes_of_the_task,
     _one_weight_per_run_entry,
     _nesterov_with_momentum,
+    _search_grid_and_pruner,
 ]
 
 
