@@ -25,6 +25,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import queue
 import random
 import sys
 import uuid
@@ -87,13 +88,24 @@ def train_overrides(task_overrides: list[str]) -> list[str]:
 
 def check_space(base: list[str], space: dict) -> None:
     """Each param of the space is a train setting or group that takes its range's ends and
-    every choice (a misspelt key fails now, not in every trial)."""
-    for name, spec in space.items():
+    every choice (a misspelt key fails now, not in every trial). All at once (one composition),
+    then, on an error, one by one to name the param."""
+
+    def sweep(name: str, spec: dict) -> str:
         values = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+        return f"{name}={','.join(map(show, values))}"
+
+    try:
+        check_overrides("train", [*base, *(sweep(n, spec) for n, spec in space.items())])
+        return
+    except ConfigError as error:
+        first_error = error
+    for name, spec in space.items():
         try:
-            check_overrides("train", [*base, f"{name}={','.join(map(show, values))}"])
+            check_overrides("train", [*base, sweep(name, spec)])
         except ConfigError as e:
             raise ConfigError(f"search.params.{name}: {e}") from None
+    raise first_error
 
 
 def run_workers(settings: dict, workers: int) -> None:
@@ -103,14 +115,21 @@ def run_workers(settings: dict, workers: int) -> None:
 
     settings = {**settings, "gpus": dist.visible_gpus()}
     log.info("study %s: %d worker(s) in %s", settings["name"], workers, settings["study_dir"])
+    # On CPU this process is worker 0 (one interpreter fewer to start); a GPU worker must set
+    # CUDA_VISIBLE_DEVICES before CUDA starts, which it did here: all GPU workers are spawned.
+    here = 0 if settings["gpus"] else 1
     context = multiprocessing.get_context("spawn")
+    ready = context.Queue()
     processes = [
-        context.Process(target=run_worker, args=(settings, i), name=f"search-worker-{i}")
-        for i in range(workers)
+        context.Process(target=run_worker, args=(settings, i, ready), name=f"search-worker-{i}")
+        for i in range(here, workers)
     ]
     for process in processes:
         process.start()
     try:
+        if here:
+            _wait_until_ready(ready, processes)
+            work(settings, 0)
         for process in processes:
             process.join()
     finally:
@@ -124,6 +143,20 @@ def run_workers(settings: dict, workers: int) -> None:
             f"{len(failed)} of {workers} search worker(s) stopped on an error (above); the "
             "study keeps its finished trials: run the command again to continue"
         )
+
+
+def _wait_until_ready(ready: Any, processes: list) -> None:
+    """Wait until the spawned workers have imported what a trial needs (or died). This process
+    starts first (torch is imported here already): without waiting it would run the first
+    trials alone, and the spawned workers would find fewer left to share."""
+    reported = 0
+    while reported < len(processes):
+        try:
+            ready.get(timeout=1.0)
+            reported += 1
+        except queue.Empty:
+            if reported + sum(not p.is_alive() for p in processes) >= len(processes):
+                return
 
 
 def report(study: Any, settings: dict) -> float | None:
@@ -253,17 +286,16 @@ def grid(settings: dict) -> list[dict]:
 
 
 # -- a worker ---------------------------------------------------------------------------------
-def run_worker(settings: dict, index: int) -> None:
-    """One worker process: lease its GPUs (or share the CPUs), then run trials until the study
-    has n_trials. Errors are one line and exit code 1 (2 for a config error)."""
-    logging.basicConfig(level=logging.INFO, format=f"[worker {index}][%(name)s] %(message)s")
+def run_worker(settings: dict, index: int, ready: Any) -> None:
+    """A spawned worker process: `work`, with errors as one line and exit code 1 (2 for a
+    config error). It puts its index on `ready` once it has imported what a trial needs."""
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     logging.captureWarnings(True)
     try:
-        with _devices(settings, index), _worker_lock(Path(settings["study_dir"])) as lock:
-            study = open_study(settings)
-            study.sampler = make_sampler(settings, index)
-            while (trial := next_trial(study, settings, lock)) is not None:
-                run_trial(study, trial, settings)
+        import podium.launch  # noqa: F401  (torch, smp, timm: the seconds a worker takes to start)
+
+        ready.put(index)
+        work(settings, index)
     except ConfigError as e:
         print(f"podium: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -272,6 +304,16 @@ def run_worker(settings: dict, index: int) -> None:
         sys.exit(1)
     except KeyboardInterrupt:  # its trial stays running: the next search queues it again
         sys.exit(130)
+
+
+def work(settings: dict, index: int) -> None:
+    """Worker `index`: lease its GPUs (or share the CPUs), then run trials until the study has
+    n_trials."""
+    with _devices(settings, index), _worker_lock(Path(settings["study_dir"])) as lock:
+        study = open_study(settings)
+        study.sampler = make_sampler(settings, index)
+        while (trial := next_trial(study, settings, lock)) is not None:
+            run_trial(study, trial, settings, index)
 
 
 @contextlib.contextmanager
@@ -370,7 +412,7 @@ def _state(name: str) -> Any:
     return optuna.trial.TrialState[name]
 
 
-def run_trial(study: Any, trial: Any, settings: dict) -> None:
+def run_trial(study: Any, trial: Any, settings: dict, worker: int) -> None:
     """Train the trial's configuration as a normal run and tell the study how it ended."""
     from podium import launch
     from podium.train import TrainHooks
@@ -378,7 +420,7 @@ def run_trial(study: Any, trial: Any, settings: dict) -> None:
     run_dir, cfg = trial_config(trial, settings)
     trial.set_user_attr("run_dir", str(run_dir))
     shown = " ".join(param_overrides(trial.params))
-    log.info("trial %d: %s -> %s", trial.number, shown, run_dir)
+    log.info("worker %d: trial %d: %s -> %s", worker, trial.number, shown, run_dir)
 
     def after_validation(epoch: int, score: float, last: bool) -> bool:
         trial.report(score, epoch)
