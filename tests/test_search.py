@@ -15,9 +15,12 @@ import pytest
 from conftest import TINY_DEMO, TINY_TRAIN, run_podium
 from omegaconf import OmegaConf
 
-from podium import ledger, rundir, search
+from podium import ledger, rundir
 from podium.config import ConfigError, compose_config, config_hash
 from podium.io import PodiumError
+from podium.search import command as search_command
+from podium.search import study as search_study
+from podium.search import worker as search_worker
 
 # A grid of 6 points, queued in this order: max_epochs 1 then 2, each with 3 learning rates.
 # The threshold pruner's bound (a Dice above 2) cannot be met, so every trial that has an epoch
@@ -99,7 +102,7 @@ def test_search_runs_prunes_and_resumes(workspace, demo_paths, tmp_path):
         assert len(rows) == 1 and Path(record["run_dir"], "checkpoints/last.pt").is_file()
 
     # The study holds what the runs scored: values and the reported per-epoch scores.
-    study = search.open_study(study_settings(study_dir))
+    study = search_study.open_study(study_settings(study_dir))
     by_number = {t.number: t for t in study.trials}
     # Exactly 2 worker processes ran the first 4 trials (each holds its own worker lock).
     assert len({by_number[n].user_attrs["worker_lock"] for n in range(4)}) == 2
@@ -132,7 +135,7 @@ def study_settings(study_dir, **changes) -> dict:
         "study_dir": str(study_dir),
         "competition": "demo_shapes",
         "metric": "dice",
-        "base": search.train_overrides(overrides),
+        "base": search_command.train_overrides(overrides),
         **OmegaConf.to_container(OmegaConf.create(GRID)),
         **changes,
     }
@@ -147,20 +150,20 @@ class Trial:
 
 def test_a_trial_whose_worker_died_is_queued_again_and_resumes_its_run(tmp_path):
     settings = study_settings(tmp_path / "study")
-    study = search.open_study(settings)
+    study = search_study.open_study(settings)
     earlier_run = tmp_path / "study" / "trial_000"
-    with search._worker_lock(tmp_path / "study") as lock:  # a worker that then dies
-        trial = search.next_trial(study, settings, lock)
+    with search_worker._worker_lock(tmp_path / "study") as lock:  # a worker that then dies
+        trial = search_worker.next_trial(study, settings, lock)
         trial.set_user_attr("run_dir", str(earlier_run))
     assert trial.number == 0 and trial.params == {"trainer.max_epochs": 1, "optimizer.lr": 0.001}
 
-    with search._worker_lock(tmp_path / "study") as lock:
-        assert search._held(lock)
-        following = search.next_trial(study, settings, lock)
+    with search_worker._worker_lock(tmp_path / "study") as lock:
+        assert search_worker._held(lock)
+        following = search_worker.next_trial(study, settings, lock)
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states[0] == "FAIL" and states[1] == "RUNNING" and following.number == 1
     # Failed by the loss of its worker: not counted, and its parameters queued again.
-    assert [t.number for t in search.counted_trials(study)] == [1]
+    assert [t.number for t in search_study.counted_trials(study)] == [1]
     queued = study.get_trials()[-1]
     assert queued.state.name == "WAITING"
     assert queued.system_attrs["fixed_params"] == trial.params  # what the next ask takes
@@ -171,32 +174,34 @@ def test_a_trial_whose_worker_died_is_queued_again_and_resumes_its_run(tmp_path)
     rundir.write_config(earlier_run, OmegaConf.to_container(run_config, resolve=True))
     again = Trial(7, trial.params, {"resume_run": str(earlier_run), "retry_of": 0})
     new_run = tmp_path / "study" / "trial_007"
-    assert search.trial_config(again, settings)[0] == new_run  # no checkpoint: a new run
+    assert search_worker.trial_config(again, settings)[0] == new_run  # no checkpoint: a new run
     last = rundir.checkpoint_path(earlier_run, "last")
     last.parent.mkdir(parents=True)
     last.write_bytes(b"checkpoint")
-    run_dir, cfg = search.trial_config(again, settings)
+    run_dir, cfg = search_worker.trial_config(again, settings)
     assert run_dir == earlier_run and cfg.resume == str(earlier_run)
 
 
 def test_a_study_started_otherwise_is_refused(tmp_path):
     settings = study_settings(tmp_path / "study")
-    search.open_study(settings)
+    search_study.open_study(settings)
     # Keys that change no result (workers, paths) may differ; a training setting may not.
-    search.open_study({**settings, "base": [*settings["base"], "trainer.num_workers=2"]})
+    search_study.open_study({**settings, "base": [*settings["base"], "trainer.num_workers=2"]})
     with pytest.raises(PodiumError, match=r"study grid was started with .*search.name=NEW"):
-        search.open_study({**settings, "base": [*settings["base"], "optimizer.weight_decay=0"]})
+        other = [*settings["base"], "optimizer.weight_decay=0"]
+        search_study.open_study({**settings, "base": other})
     with pytest.raises(PodiumError, match="search.name=NEW"):
-        search.open_study(
+        search_study.open_study(
             {**settings, "params": {"optimizer.lr": {"type": "float", "low": 0.1, "high": 1}}}
         )
 
 
 def test_a_misspelt_search_key_is_one_line(demo_paths):
     with pytest.raises(ConfigError, match=r"^search.params.optimizr.lr: unknown config key"):
-        search.check_space([], {"optimizr.lr": {"type": "float", "low": 0.1, "high": 1.0}})
+        search_command.check_space([], {"optimizr.lr": {"type": "float", "low": 0.1, "high": 1.0}})
     with pytest.raises(ConfigError, match=r"^search.params.loss: unknown option 'dyce'"):
-        search.check_space([], {"loss": {"type": "categorical", "choices": ["dice", "dyce"]}})
+        choices = {"type": "categorical", "choices": ["dice", "dyce"]}
+        search_command.check_space([], {"loss": choices})
     proc = run_podium("search", "search.sampler=grid", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
