@@ -30,7 +30,6 @@ GRID = """\
 name: grid
 n_trials: 6
 workers: 2
-gpus_per_worker: 1
 sampler: grid
 seed: null
 pruner: {name: threshold, n_startup_trials: 0, n_warmup_steps: 1, threshold: 2.0}

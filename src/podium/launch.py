@@ -53,7 +53,7 @@ def _train_here_or_in_workers(
         if tc.gpus_per_job or dist.resolve_devices(tc.devices) != 1:
             raise PodiumError(
                 f"trainer.devices={tc.devices}, trainer.gpus_per_job={tc.gpus_per_job}: "
-                "a search trial trains in one process (search.gpus_per_worker leases its GPU)"
+                "a search trial trains in one process, on the one GPU its worker leased"
             )
         return train(OmegaConf.create(config), run_dir, hooks)["best_score"]
     if tc.gpus_per_job:

@@ -178,7 +178,6 @@ SEARCH = {  # configs/search/ (podium search)
     "search.name": Str("a study name"),
     "search.n_trials": Int(min=1),
     "search.workers": Int(min=1),
-    "search.gpus_per_worker": Int(min=1),
     "search.sampler": OneOf("tpe", "random", "grid"),
     "search.seed": SEEDS | None,
     "search.pruner.name": OneOf("median", "threshold", "none"),

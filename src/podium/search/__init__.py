@@ -7,9 +7,10 @@ JournalStorage file (`study.journal`, appended under a file lock, so any number 
 this machine, or on machines sharing the folder, run trials of one study) and one run directory
 per trial (`trial_007/`), a normal `podium train` run recorded in the ledger with its study and
 trial number. `search.workers` processes run trials at once; with GPUs each worker first leases
-`search.gpus_per_worker` of them (podium.distributed's GPU leases, shared with `podium train
-trainer.gpus_per_job`). Each validated epoch's score is reported to the trial; when the pruner
-says so, the run stops after that epoch's checkpoint and is recorded as pruned.
+one (podium.distributed's GPU leases, shared with `podium train trainer.gpus_per_job`): a trial
+trains in its worker's process, where its Optuna trial is. Each validated epoch's score is
+reported to the trial; when the pruner says so, the run stops after that epoch's checkpoint
+and is recorded as pruned.
 
 Resuming: the same command again continues the study up to `search.n_trials` trials (complete,
 pruned or failed), never running a finished one again. A trial whose worker was killed (its

@@ -67,14 +67,14 @@ def work(settings: dict, index: int) -> None:
 
 @contextlib.contextmanager
 def _devices(settings: dict, index: int) -> Iterator[None]:
-    """With GPUs: lease `gpus_per_worker` of them and make them this process's only ones
+    """With GPUs: lease one (trainer.gpus_per_job's leases) and make it this process's only one
     (before CUDA starts here). On CPU: share the cores between the workers."""
     import torch
 
     from podium import distributed as dist
 
     if settings["gpus"]:
-        with dist.lease_gpus(int(settings["gpus_per_worker"]), gpus=settings["gpus"]) as gpus:
+        with dist.lease_gpus(1, gpus=settings["gpus"]) as gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
             log.info("worker %d: GPU %s", index, ",".join(gpus))
             yield
