@@ -149,9 +149,9 @@ def group_options() -> dict[str, list[str]]:
 def shipped_configs() -> list[tuple[str, list[str]]]:
     """(command config, overrides): each command's default, and each option of every group
     and every competition composed into the command that uses it."""
-    configs = [(name, []) for name in ("train", "tune", "predict", "tools", "export")]
+    configs = [(name, []) for name in ("train", "tune", "predict", "tools", "export", "search")]
     for group, options in group_options().items():
-        command = "tune" if group == "infer" else "train"
+        command = {"infer": "tune", "search": "search"}.get(group, "train")
         configs += [(command, [f"{group}={option}"]) for option in options]
     configs += [("train", [f"competition={name}"]) for name in competition_folders()]
     return configs
