@@ -8,11 +8,14 @@ import csv
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DEMO, TINY_TRAIN, run_podium
+from conftest import ROOT, TINY_DEMO, TINY_TRAIN, podium_env, run_podium
 from omegaconf import OmegaConf
 
 from podium import ledger, rundir
@@ -56,11 +59,12 @@ def metrics_rows(run_dir: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def trial_records(runs_dir: str) -> list[dict]:
+def trial_records(runs_dir: str, study: str = "grid") -> list[dict]:
     records = ledger.runs(ledger.read(ledger.ledger_path(runs_dir, "demo_shapes")))
-    return [r for r in records if r.get("study") == "grid"]
+    return [r for r in records if r.get("study") == study]
 
 
+@pytest.mark.slow
 def test_search_runs_prunes_and_resumes(workspace, demo_paths, tmp_path):
     runs_dir = demo_paths[1].split("=", 1)[1]
     args = ["search", "search=grid", *TINY_DEMO, *TRIAL_TRAIN, *demo_paths]
@@ -157,7 +161,7 @@ def test_a_trial_whose_worker_died_is_queued_again_and_resumes_its_run(tmp_path)
     assert trial.number == 0 and trial.params == {"trainer.max_epochs": 1, "optimizer.lr": 0.001}
 
     with search_worker._worker_lock(tmp_path / "study") as lock:
-        assert search_worker._held(lock)
+        assert search_study._held(lock)
         following = search_worker.next_trial(study, settings, lock)
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states[0] == "FAIL" and states[1] == "RUNNING" and following.number == 1
@@ -207,3 +211,56 @@ def test_a_misspelt_search_key_is_one_line(demo_paths):
         "podium: error: search.params.optimizer.lr: expected {type: categorical, ...} with "
         "search.sampler=grid (a grid lists every value)"
     )
+
+
+ONE_TRIAL = """\
+name: once
+n_trials: 1
+workers: 1
+sampler: random
+seed: 0
+pruner: {name: none, n_startup_trials: 0, n_warmup_steps: 0, threshold: null}
+params:
+  optimizer.lr: {type: categorical, choices: [0.001]}
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_its_trial_in_place(workspace, demo_paths):
+    """Killed during its only trial's second epoch, then run again: the trial is queued again
+    and its run resumes from the last checkpoint, in place; no epoch is trained twice."""
+    (workspace / "configs" / "search" / "once.yaml").write_text(ONE_TRIAL)
+    runs_dir = demo_paths[1].split("=", 1)[1]
+    args = ["search", "search=once", *TINY_DEMO, *TRIAL_TRAIN, *demo_paths]
+    args += ["trainer.max_epochs=3"]
+    run_dir = Path(runs_dir, "demo_shapes", "search", "once", "trial_000")
+    with open(workspace / "first.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "podium.cli", *args],
+            stdout=out, stderr=subprocess.STDOUT, env=podium_env(), cwd=ROOT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and proc.poll() is None:
+                if (run_dir / rundir.METRICS).is_file() and len(metrics_rows(run_dir)) >= 1:
+                    break  # epoch 1 is checkpointed
+                time.sleep(0.2)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    epochs_before = [row["epoch"] for row in metrics_rows(run_dir)]
+    assert epochs_before and not (run_dir / rundir.SUMMARY).exists()
+
+    second = run_podium(*args)
+    assert "2 trials (1 complete, 0 pruned, 1 fail)" in second.stdout
+    epochs = [int(row["epoch"]) for row in metrics_rows(run_dir)]
+    # Each epoch at most once (a kill between a checkpoint and its metrics row may leave one
+    # out): the checkpointed ones were not trained again.
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3
+    log = second.stdout + second.stderr
+    resumed = re.search(rf"resumed {re.escape(str(run_dir))} at epoch (\d)", log)
+    assert resumed and int(resumed.group(1)) >= int(epochs_before[-1]) >= 1
+    assert sorted(p.name for p in run_dir.parent.glob("trial_*")) == ["trial_000"]
+    (record,) = trial_records(runs_dir, "once")
+    assert record["trial"] == 1 and record["status"] == "finished" and record["epochs_run"] == 3

@@ -8,12 +8,13 @@ import queue
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from podium.config import ConfigError, check_overrides
 from podium.io import PodiumError
 from podium.rules import show
-from podium.search.study import counted_trials, open_study, param_overrides
+from podium.search.study import LOCK_FILE, open_study, param_overrides, remaining_trials
 from podium.search.worker import run_worker, work
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def search_command(cfg: DictConfig, study_dir: Path) -> float | None:
         **OmegaConf.to_container(sc, resolve=True),
     }
     study = open_study(settings)
-    remaining = settings["n_trials"] - len(counted_trials(study))
+    with FileLock(str(study_dir / LOCK_FILE)):
+        remaining = remaining_trials(study, settings)
     if remaining > 0:
         run_workers(settings, min(int(sc.workers), remaining))
     else:

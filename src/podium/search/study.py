@@ -3,7 +3,10 @@ and the space it was started with), its sampler and pruner, and which of its tri
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,8 @@ from podium.config import changes_result
 from podium.io import PodiumError
 from podium.rules import show
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "STUDY_FILE",
     "LOCK_FILE",
@@ -19,6 +24,8 @@ __all__ = [
     "make_sampler",
     "make_pruner",
     "counted_trials",
+    "remaining_trials",
+    "requeue_interrupted",
     "grid",
     "param_overrides",
     "state",
@@ -113,6 +120,42 @@ def counted_trials(study: Any) -> list[Any]:
         for t in study.get_trials(deepcopy=False)
         if t.state.name in COUNTED or (t.state.name == "FAIL" and "error" in t.user_attrs)
     ]
+
+
+def remaining_trials(study: Any, settings: dict) -> int:
+    """How many trials the study still needs to have n_trials (capped by a grid's size),
+    after queueing again those whose worker died. Call it under the study's LOCK_FILE."""
+    requeue_interrupted(study)
+    n_trials = min(settings["n_trials"], len(grid(settings)) or settings["n_trials"])
+    return n_trials - len(counted_trials(study))
+
+
+def requeue_interrupted(study: Any) -> None:
+    """Running trials whose worker died: failed (not counted), their parameters queued again
+    with their run directory, which the next trial resumes."""
+    for t in study.get_trials(deepcopy=False):
+        lock = t.user_attrs.get("worker_lock")
+        if t.state.name != "RUNNING" or not lock or _held(lock):
+            continue
+        log.info("trial %d lost its worker: marked failed, its parameters queued again", t.number)
+        study.tell(t.number, state=state("FAIL"))
+        resume = t.user_attrs.get("run_dir")
+        study.enqueue_trial(t.params, user_attrs={"resume_run": resume, "retry_of": t.number})
+
+
+def _held(lock_path: str) -> bool:
+    """Whether a live process holds the worker lock at `lock_path`."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError:
+        return False  # its worker ended and removed it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def grid(settings: dict) -> list[dict]:

@@ -20,17 +20,16 @@ from podium.config import ConfigError, compose_config
 from podium.io import PodiumError
 from podium.search.study import (
     LOCK_FILE,
-    counted_trials,
-    grid,
     make_sampler,
     open_study,
     param_overrides,
+    remaining_trials,
     state,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_worker", "work", "next_trial", "requeue_interrupted", "trial_config"]
+__all__ = ["run_worker", "work", "next_trial", "trial_config"]
 
 WORKERS_DIR = "workers"  # one lock file per live worker: a trial whose worker died is freed
 
@@ -102,30 +101,13 @@ def _worker_lock(study_dir: Path) -> Iterator[str]:
         path.unlink(missing_ok=True)
 
 
-def _held(lock_path: str) -> bool:
-    """Whether a live process holds the worker lock at `lock_path`."""
-    try:
-        fd = os.open(lock_path, os.O_RDWR)
-    except OSError:
-        return False  # its worker ended and removed it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def next_trial(study: Any, settings: dict, lock: str) -> Any | None:
     """The next trial with its parameters, or None when the study has n_trials. Under the
     study's lock, so that parallel workers never start more than n_trials."""
     from filelock import FileLock
 
-    n_trials = min(settings["n_trials"], len(grid(settings)) or settings["n_trials"])
     with FileLock(str(Path(settings["study_dir"]) / LOCK_FILE)):
-        requeue_interrupted(study)
-        if len(counted_trials(study)) >= n_trials:
+        if remaining_trials(study, settings) <= 0:
             return None
         trial = study.ask()
         trial.set_user_attr("worker_lock", lock)
@@ -140,19 +122,6 @@ def suggest(trial: Any, name: str, spec: dict) -> Any:
     if spec["type"] == "int":
         return trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1))
     return trial.suggest_categorical(name, spec["choices"])
-
-
-def requeue_interrupted(study: Any) -> None:
-    """Running trials whose worker died: failed (not counted), their parameters queued again
-    with their run directory, which the next trial resumes."""
-    for t in study.get_trials(deepcopy=False):
-        lock = t.user_attrs.get("worker_lock")
-        if t.state.name != "RUNNING" or not lock or _held(lock):
-            continue
-        log.info("trial %d lost its worker: marked failed, its parameters queued again", t.number)
-        study.tell(t.number, state=state("FAIL"))
-        resume = t.user_attrs.get("run_dir")
-        study.enqueue_trial(t.params, user_attrs={"resume_run": resume, "retry_of": t.number})
 
 
 def run_trial(study: Any, trial: Any, settings: dict, worker: int) -> None:
