@@ -205,6 +205,8 @@ def test_a_misspelt_search_key_is_one_line(demo_paths):
     with pytest.raises(ConfigError, match=r"^search.params.loss: unknown option 'dyce'"):
         choices = {"type": "categorical", "choices": ["dice", "dyce"]}
         search_command.check_space([], {"loss": choices})
+    with pytest.raises(ConfigError, match=r"^loss=dice: loss is searched \(search.params.loss\)"):
+        search_command.check_space(["loss=dice"], {"loss": choices})
     proc = run_podium("search", "search.sampler=grid", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (

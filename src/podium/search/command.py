@@ -63,6 +63,13 @@ def check_space(base: list[str], space: dict) -> None:
     every choice (a misspelt key fails now, not in every trial). All at once (one composition),
     then, on an error, one by one to name the param."""
 
+    for override in base:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in space:
+            raise ConfigError(f"{override}: {key} is searched (search.params.{key}): give one")
+        if key == "resume":
+            raise ConfigError(f"{override}: trials are new runs (a search resumes its own)")
+
     def sweep(name: str, spec: dict) -> str:
         values = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
         return f"{name}={','.join(map(show, values))}"
