@@ -185,6 +185,29 @@ def test_a_trial_whose_worker_died_is_queued_again_and_resumes_its_run(tmp_path)
     assert run_dir == earlier_run and cfg.resume == str(earlier_run)
 
 
+def test_a_combination_that_breaks_a_rule_fails_its_trial_only(tmp_path):
+    """Each value is fine alone; together they break a rule across keys: the space is
+    accepted, and the trial fails naming the rule, counted, without training."""
+    space = {
+        "trainer.max_epochs": {"type": "categorical", "choices": [1]},
+        "scheduler.warmup_epochs": {"type": "categorical", "choices": [2]},
+    }
+    settings = {**study_settings(tmp_path / "study"), "sampler": "random", "params": space}
+    search_command.check_space(settings["base"], space)
+    study = search_study.open_study(settings)
+    with search_worker._worker_lock(tmp_path / "study") as lock:
+        trial = search_worker.next_trial(study, settings, lock)
+        search_worker.run_trial(study, trial, settings, worker=0)
+    (failed,) = study.get_trials()
+    assert failed.state.name == "FAIL"
+    assert [t.number for t in search_study.counted_trials(study)] == [0]
+    assert failed.user_attrs["error"] == (
+        "scheduler.warmup_epochs=2: expected at most trainer.max_epochs=1 (warm-up past the "
+        "run's end)"
+    )
+    assert not (tmp_path / "study" / "trial_000").exists()
+
+
 def test_a_study_started_otherwise_is_refused(tmp_path):
     settings = study_settings(tmp_path / "study")
     search_study.open_study(settings)

@@ -61,7 +61,8 @@ def train_overrides(task_overrides: list[str]) -> list[str]:
 def check_space(base: list[str], space: dict) -> None:
     """Each param of the space is a train setting or group that takes its range's ends and
     every choice (a misspelt key fails now, not in every trial). All at once (one composition),
-    then, on an error, one by one to name the param."""
+    then, on an error, one by one to name the param. An override that the space also sets, or
+    resume=, is an error too."""
 
     for override in base:
         key = override.lstrip("+~").split("=", 1)[0]
@@ -77,14 +78,15 @@ def check_space(base: list[str], space: dict) -> None:
     try:
         check_overrides("train", [*base, *(sweep(n, spec) for n, spec in space.items())])
         return
-    except ConfigError as error:
-        first_error = error
+    except ConfigError:
+        pass
     for name, spec in space.items():
         try:
             check_overrides("train", [*base, sweep(name, spec)])
         except ConfigError as e:
             raise ConfigError(f"search.params.{name}: {e}") from None
-    raise first_error
+    # Each param alone is fine: some combinations break a rule across keys (a warm-up longer
+    # than the run), and those trials fail, naming it, while the others run.
 
 
 def run_workers(settings: dict, workers: int) -> None:

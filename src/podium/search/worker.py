@@ -129,9 +129,14 @@ def run_trial(study: Any, trial: Any, settings: dict, worker: int) -> None:
     from podium import launch
     from podium.train import TrainHooks
 
-    run_dir, cfg = trial_config(trial, settings)
-    trial.set_user_attr("run_dir", str(run_dir))
     shown = " ".join(param_overrides(trial.params))
+    try:
+        run_dir, cfg = trial_config(trial, settings)
+    except ConfigError as e:  # this combination breaks a rule across keys: the next may not
+        log.error("worker %d: trial %d: %s: %s", worker, trial.number, shown, e)
+        _fail(study, trial, str(e))
+        return
+    trial.set_user_attr("run_dir", str(run_dir))
     log.info("worker %d: trial %d: %s -> %s", worker, trial.number, shown, run_dir)
 
     def after_validation(epoch: int, score: float, last: bool) -> bool:
@@ -142,7 +147,7 @@ def run_trial(study: Any, trial: Any, settings: dict, worker: int) -> None:
     try:
         with _log_file(run_dir / "podium.log"):
             launch.main(cfg, run_dir, hooks)
-    except (ConfigError, PodiumError) as e:  # the next trial would meet it too: stop
+    except PodiumError as e:  # bad data, no disk space...: the next trial would meet it too
         _fail(study, trial, str(e))
         raise
     except Exception as e:  # this trial's own failure (out of memory, NaN...): the next goes on
