@@ -31,6 +31,7 @@ def stage_times(stdout: str) -> dict[str, tuple[float, str]]:
     return {name: (float(seconds), note.strip()) for name, seconds, note in found}
 
 
+@pytest.mark.slow
 def test_debug_runs_every_stage_timed_outside_the_runs_folder(demo_paths, tmp_path):
     proc = debug_command(demo_paths, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -58,6 +59,7 @@ def test_debug_runs_every_stage_timed_outside_the_runs_folder(demo_paths, tmp_pa
     assert len(rows) == 1 + 8  # every test row: the 4 not predicted are written empty
 
 
+@pytest.mark.slow
 def test_debug_stops_at_the_stage_a_real_run_would_fail_hours_later(demo_paths, tmp_path):
     # Training is fine; the submission's column name is not: predict cannot write a file the
     # sample submission accepts, and the debug run says so after its few steps.
@@ -70,6 +72,7 @@ def test_debug_stops_at_the_stage_a_real_run_would_fail_hours_later(demo_paths, 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_debug_stops_at_training_on_a_shape_error(demo_paths, tmp_path):
     # Three decoder blocks for a five-stage encoder: the model cannot be built.
     proc = debug_command(demo_paths, tmp_path, "model.kwargs={decoder_channels:[32,16,8]}")

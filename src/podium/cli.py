@@ -44,6 +44,7 @@ log = logging.getLogger("podium")
 _COMMAND_TABLE = """
 download      tools   podium.download:download_command    -   get a competition's data
 doctor        tools   podium.doctor:doctor_command        -   check the data first (exits 0)
+estimate      train   podium.estimate:estimate_command    args cost of a run, -m sweep, predict
 train         train   podium.launch:main                  run train one model (a fold, a seed)
 tune          tune    podium.tune:tune_command            run tune post-processing on OOF
 predict       predict podium.infer:predict_command        run ensemble runs on the test set
