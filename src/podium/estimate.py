@@ -310,6 +310,9 @@ def estimate_predict(cfg: DictConfig) -> PredictCost:
 # The command
 def estimate_command(args: list[str]) -> int:
     """`podium estimate [train|predict] [-m] key=value ...`: print the cost; writes nothing."""
+    if "-h" in args or "--help" in args:
+        print(__doc__.split("\n\n", 2)[1])
+        return 0
     what = args[0] if args and args[0] in ("train", "predict") else "train"
     args = args[1:] if args and args[0] == what else args
     multirun = "-m" in args or "--multirun" in args
