@@ -15,6 +15,7 @@ ledger), where `podium runs`, write-ups and `runs/<competition>/...` globs never
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -111,7 +112,7 @@ def debug_run(cfg: DictConfig, run_dir: Path, train_run: TrainRun) -> float | No
 def debug_train_config(cfg: DictConfig) -> DictConfig:
     """A copy of `cfg` cut to the debug amounts: `debug.train_steps` optimizer steps (each of
     trainer.accumulate batches) and `debug.val_batches` batches of validation images."""
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     tc = cfg.trainer
     tc.limit_train_batches = int(cfg.debug.train_steps) * int(tc.accumulate)
     tc.limit_val_images = int(cfg.debug.val_batches) * int(tc.batch_size)

@@ -28,6 +28,7 @@ resident memory, said as such (DataLoader workers are other processes).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import resource
@@ -171,9 +172,9 @@ def _timed(function, *args, device: torch.device):
 
 def estimate_run(cfg: DictConfig) -> RunCost:
     """Time the run of train config `cfg` here (see the module's docstring); nothing is kept."""
+    cfg = copy.deepcopy(cfg)
     tc = cfg.trainer
-    cfg = cfg.copy()
-    cfg.trainer.progress = False
+    tc.progress = False
     device = resolve_device()
     peak_memory_reset(device)
     seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))
@@ -185,7 +186,7 @@ def estimate_run(cfg: DictConfig) -> RunCost:
     startup_s = time.perf_counter() - start
 
     # Training: a warm-up epoch, then a short and a long one (whole accumulation steps each).
-    def epoch_of(batches: int, epoch: int) -> float:
+    def epoch_of(batches: int, epoch: int) -> tuple[float, int]:
         batches = max(data.accumulate, batches // data.accumulate * data.accumulate)
         batches = min(batches, data.steps_per_epoch)
         short = dataclasses.replace(data, steps_per_epoch=batches)
