@@ -112,3 +112,11 @@ def test_datacheck_without_real_data_says_so_and_records_nothing(run_bench, tmp_
     last, results = run_bench("datacheck", "--data-root", str(tmp_path / "nothing"))
     assert last == "datacheck skipped: no real data (../shared/data) on this machine"
     assert results == ""
+
+
+@pytest.mark.slow
+def test_estimate_compares_an_estimate_with_the_run_it_estimates(run_bench):
+    last, results = run_bench("estimate")
+    headline = r"estimate ratio \d+\.\d{3} \(estimate / measured, [\d.]+\.\.[\d.]+\)"
+    assert re.fullmatch(headline, last)
+    assert "tiny demo (48 images, 64 px)" in results and re.search(r"\| 1 \| [\d.]+ \| ", results)

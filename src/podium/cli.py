@@ -27,6 +27,7 @@ from podium.config import (
     check_overrides,
     compose_config,
     config_dir,
+    expand_flag_groups,
     prepare_run_config,
     register_competitions,
 )
@@ -38,10 +39,12 @@ log = logging.getLogger("podium")
 # Every command (but init, new and demo): its name, the config it composes
 # (configs/<config>.yaml), the function that runs it, whether it makes a run directory (then it
 # runs under hydra.main: `hydra.run.dir=DIR`, `-m` sweeps, and the function also takes the
-# run_dir), and its one-line help. In the order of the loop.
+# run_dir) or takes the arguments as given (`args`: it composes its configs itself, e.g. one per
+# job of a `-m` sweep), and its one-line help. In the order of the loop.
 _COMMAND_TABLE = """
 download      tools   podium.download:download_command    -   get a competition's data
 doctor        tools   podium.doctor:doctor_command        -   check the data first (exits 0)
+estimate      train   podium.estimate:estimate_command    args cost of a run, -m sweep, predict
 train         train   podium.launch:main                  run train one model (a fold, a seed)
 search        search  podium.search:search_command        run search hyper-parameters (Optuna)
 tune          tune    podium.tune:tune_command            run tune post-processing on OOF
@@ -67,10 +70,11 @@ class Command:
     target: str  # "module:function"
     makes_run: bool
     help: str
+    takes_args: bool = False
 
 
 COMMANDS: dict[str, Command] = {
-    name: Command(name, config, target, kind == "run", text)
+    name: Command(name, config, target, kind == "run", text, kind == "args")
     for name, config, target, kind, text in (
         line.split(maxsplit=4) for line in _COMMAND_TABLE.strip().splitlines()
     )
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    command, args = argv[0], argv[1:]
+    command, args = argv[0], expand_flag_groups(argv[1:])
     try:
         if command == "init":
             from podium.scaffold import init_command
@@ -111,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = COMMANDS[command]
         if spec.makes_run:
             return run_with_hydra(command, spec.config, spec.target, args)
+        if spec.takes_args:
+            _setup_logging()
+            return resolve_target(spec.target)(args) or 0
         cfg = compose_config(spec.config, [a for a in args if not a.startswith("-")])
         _setup_logging()
         return resolve_target(spec.target)(cfg) or 0

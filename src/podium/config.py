@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -41,7 +42,9 @@ __all__ = [
     "register_competitions",
     "compose_config",
     "check_overrides",
+    "sweep_grid",
     "check_config",
+    "expand_flag_groups",
     "ConfigError",
     "prepare_run_config",
     "NON_RESULT_GROUPS",
@@ -164,6 +167,27 @@ def load_competition_yaml(config_file: Path) -> DictConfig:
     return merged
 
 
+# Config groups switched on with a boolean, as `podium train debug=true` reads: Hydra takes a
+# group's choice only as a string (a bool, or null, is an error), so `true` becomes the group's
+# option and `false` is dropped (off is the default). `debug=default` works as well
+# (lightning-hydra-template's spelling).
+FLAG_GROUPS = {"debug": "default"}
+
+
+def expand_flag_groups(args: list[str]) -> list[str]:
+    """`args` with `GROUP=true` of a FLAG_GROUPS group written as its option, `GROUP=false`
+    left out."""
+    expanded = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if equals and key in FLAG_GROUPS and value.lower() in ("true", "false"):
+            if value.lower() == "false":
+                continue
+            arg = f"{key}={FLAG_GROUPS[key]}"
+        expanded.append(arg)
+    return expanded
+
+
 def compose_config(config_name: str, overrides: list[str] = ()) -> DictConfig:
     """Compose `configs/<config_name>.yaml` with overrides and check every value's type and
     range (no run directory is created)."""
@@ -201,6 +225,26 @@ def check_overrides(config_name: str, overrides: list[str], cross_key: bool = Tr
                     continue
                 trial = [line if j == i else f for j, f in enumerate(first)]
                 _compose_checked(config_name, [f for f in trial if f], cross_key)
+
+
+def sweep_grid(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The jobs of `podium train -m <overrides>` as Hydra's basic sweeper makes them: one list
+    of single overrides per combination of the swept values, in Hydra's order. Without
+    `multirun` a sweep is an error, as it is for `podium train`; a sweep that cannot be listed
+    (interval, glob) is one too."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise ConfigError(explain_hydra_error(e)) from None
+    choices = []
+    for override in parsed:
+        if override.is_sweep_override() and not multirun:
+            raise ConfigError(f"{override.input_line}: a sweep; add -m to run (or estimate) it")
+        lines = _override_lines(override)
+        if not lines:
+            raise ConfigError(f"{override.input_line}: a sweep whose values cannot be listed")
+        choices.append(lines)
+    return [list(job) for job in itertools.product(*choices)]
 
 
 @contextlib.contextmanager

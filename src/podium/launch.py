@@ -20,7 +20,7 @@ from podium.train import TrainHooks, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["main", "worker", "join_launched_job"]
+__all__ = ["main", "train_run", "worker", "join_launched_job"]
 
 
 def main(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> float | None:
@@ -31,7 +31,18 @@ def main(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> flo
     launched here that are handed that directory and config (`trainer.devices=N|auto`, or
     `trainer.gpus_per_job=K`: K workers on K GPUs leased from the machine), or, when torchrun
     started this process, as one worker of that job. Returns the best score (Hydra sweepers
-    optimise it). `hooks` (podium.search's trials) need the training in this process."""
+    optimise it). `hooks` (podium.search's trials) need the training in this process. With
+    `debug=true`, the run is a debug run (podium.debugrun): a few steps, then tune, predict and
+    validate on it."""
+    if cfg.get("debug") and not dist.inside_launcher():
+        from podium.debugrun import debug_run
+
+        return debug_run(cfg, run_dir, train_run)
+    return train_run(cfg, run_dir, hooks)
+
+
+def train_run(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> float | None:
+    """Decide the run (its directory and config.yaml) and train it: see `main`."""
     config = OmegaConf.to_container(cfg, resolve=True)
     if dist.inside_launcher():
         return join_launched_job(config, run_dir)

@@ -206,6 +206,8 @@ def load_data(cfg: DictConfig) -> TrainData:
     n_folds, folds_seed = int(cfg.competition.n_folds), int(cfg.competition.folds_seed)
     folds = load_or_make_folds(samples, competition.data_dir / "folds.csv", n_folds, folds_seed)
     train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
+    if tc.get("limit_val_images"):  # debug: one short validation pass
+        val_samples = val_samples[: int(tc.limit_val_images)]
     size = cfg.competition.image_size
     train_transform = build_transforms(cfg.augment, size, train=True)
     train_set = SegmentationDataset(competition, train_samples, train_transform, seed=int(cfg.seed))

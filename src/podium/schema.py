@@ -73,6 +73,13 @@ RUNS = {  # configs/predict.yaml and tune.yaml: which runs, and tune's search
     "search.min_areas": "auto" | ListOf(Float(ge=0), min_len=1),
     "search.empty_areas": "auto" | ListOf(Float(ge=0), min_len=1),
     "search.rounds": Int(min=1),
+    "limit_test_images": Int(min=1) | None,  # configs/predict.yaml
+}
+DEBUG = {  # configs/debug/default.yaml (debug=true)
+    "debug.train_steps": Int(min=1),
+    "debug.val_batches": Int(min=1),
+    "debug.test_images": Int(min=1),
+    "debug.tta": OneOf(*TTA_SETS) | None,
 }
 INFER = {  # configs/infer/default.yaml (top-level keys)
     "tta": OneOf(*TTA_SETS) | None,
@@ -281,6 +288,7 @@ TRAINER = {  # configs/trainer/default.yaml
     "trainer.threshold": PROBABILITY,
     "trainer.log_every": Int(min=1),
     "trainer.limit_train_batches": Int(min=1) | None,
+    "trainer.limit_val_images": Int(min=1) | None,
     "trainer.save_oof": Bool(),
     "trainer.progress": Bool(),
 }
@@ -289,7 +297,7 @@ OPEN = {"hydra": Open()}  # Hydra's own settings: Hydra checks them
 
 SCHEMA: dict[str, Rule] = {
     **TRAIN, **RUNS, **INFER, **TOOLS, **DOCTOR, **SEARCH, **EXPORT, **COMPETITION, **MODEL,
-    **LOSS, **OPTIMIZER, **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **OPEN,
+    **LOSS, **OPTIMIZER, **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **DEBUG, **OPEN,
 }  # fmt: skip
 # The mappings that hold settings (trainer, competition.submission...): never a plain value.
 SECTIONS = {key.rsplit(".", i)[0] for key in SCHEMA for i in range(1, key.count(".") + 1)}

@@ -24,7 +24,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from podium import io, metrics
-from podium.competition import Competition, RowTarget, SubmissionFormat, load_competition
+from podium.competition import (
+    Competition,
+    RowTarget,
+    Sample,
+    SubmissionFormat,
+    load_competition,
+)
 from podium.io import PodiumError
 from podium.rle import RleError, rle_parse
 
@@ -33,6 +39,7 @@ __all__ = [
     "validate_submission",
     "score_submission",
     "check_adapter",
+    "empty_rows",
     "validate_command",
     "score_command",
 ]
@@ -458,8 +465,14 @@ def _probe_rows(competition: Competition, test: list) -> Iterator[tuple[str, str
                 pred = np.stack([pred] * len(competition.classes))
             yield from competition.submission_rows(sample, pred)
         else:
-            for row_id in competition.submission_layout([sample]):
-                yield row_id, competition.submission.empty
+            yield from empty_rows(competition, [sample])
+
+
+def empty_rows(competition: Competition, samples: Iterable[Sample]) -> Iterator[tuple[str, str]]:
+    """Submission rows saying "empty" for every row of `samples` (the empty token)."""
+    for sample in samples:
+        for row_id in competition.submission_layout([sample]):
+            yield row_id, competition.submission.empty
 
 
 # -- commands ---------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ _GITIGNORE = """\
 # podium: data, runs and outputs stay out of git
 data/
 runs/
+debug_runs/
 writeup/
 /doctor/
 outputs/
