@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from podium import distributed as dist
 from podium import rundir, runlock
+from podium.full_data import full_data_epochs, is_full_data
+from podium.io import PodiumError
 from podium.train import train
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,12 @@ def main(cfg: DictConfig, run_dir: Path) -> float | None:
     `trainer.gpus_per_job=K`: K workers on K GPUs leased from the machine), or, when torchrun
     started this process, as one worker of that job. Returns the best score (Hydra sweepers
     optimise it)."""
+    if is_full_data(cfg) and not cfg.resume:
+        try:
+            cfg = _with_full_data_epochs(cfg)
+        except PodiumError:
+            _remove_unstarted_run_dir(run_dir)  # what Hydra made for it, and nothing else
+            raise
     config = OmegaConf.to_container(cfg, resolve=True)
     if dist.inside_launcher():
         return join_launched_job(config, run_dir)
@@ -42,6 +50,19 @@ def main(cfg: DictConfig, run_dir: Path) -> float | None:
         if not cfg.resume and _remove_unstarted_run_dir(run_dir):
             log.info("removed %s: the run stopped before its first checkpoint", run_dir)
         raise
+
+
+def _with_full_data_epochs(cfg: DictConfig) -> DictConfig:
+    """fold=all: trainer.max_epochs from the command line, else from the recipe's CV runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    given = any(o.split("=", 1)[0].lstrip("+~") == "trainer.max_epochs" for o in overrides)
+    epochs, source = full_data_epochs(cfg, given or not HydraConfig.initialized())
+    log.info("fold=all: %d epochs (%s)", epochs, source)
+    cfg = cfg.copy()
+    cfg.trainer.max_epochs = epochs
+    return cfg
 
 
 def _train_here_or_in_workers(cfg: DictConfig, config: dict, run_dir: Path) -> float | None:
