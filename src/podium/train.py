@@ -182,7 +182,9 @@ class RunLog:
         self.writer = SummaryWriter(log_dir=str(tb), purge_step=step or None)
 
     def start(self, data: TrainData, compute: Compute) -> None:
-        images = f"{len(data.train_set)} train / {len(data.val_set)} val images"
+        images = f"{len(data.train_set.samples)} train / {len(data.val_set)} val images"
+        if data.pseudo is not None:
+            images += f" (+{len(data.pseudo.kept)} pseudo-labelled train images)"
         devices = f"{data.batch_size} x {dist.world_size()} devices x {data.accumulate} accum"
         batch = f"global batch {data.global_batch} ({devices})"
         run = f"{data.competition.name} fold {self.cfg.fold}"
