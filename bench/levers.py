@@ -142,6 +142,8 @@ def main() -> None:
                             f"out={pseudo_dir}",
                             "progress=false",
                             *PSEUDO_RULE,
+                            # --tiny's teacher is barely trained: keep every image.
+                            *(["rule.min_confident=0"] if args.tiny else []),
                         ]
                     )
                 arm = [o.replace("{pseudo}", str(pseudo_dir)) for o in overrides]
@@ -181,12 +183,12 @@ def main() -> None:
     body = "\n".join(
         [
             f"TGS Salt: {len(held)} held-back images (fold {HELD_BACK_FOLD} of podium's 5 folds of "
-            f"the labelled data) as the test set, the dev part's fold 0 validating. Unet-MobileNetV2 "
-            f"(ImageNet weights), batch {batch}, {epochs} epochs of {limit} steps "
-            f"({epochs * limit * batch} images seen per run), seeds 0..{seeds - 1}. Pseudo rule: "
-            f"{' '.join(PSEUDO_RULE)}; the teacher is the same seed's baseline run. Score: the "
-            "competition metric (mean precision over IoU thresholds) of `podium predict` (flip TTA, "
-            "threshold 0.5) on the held-back images' labels.",
+            f"the labelled data) as the test set, the dev part's fold 0 validating. "
+            f"Unet-MobileNetV2 (ImageNet weights), batch {batch}, {epochs} epochs of {limit} "
+            f"steps ({epochs * limit * batch} images seen per run), seeds 0..{seeds - 1}. Pseudo "
+            f"rule: {' '.join(PSEUDO_RULE)}; the teacher is the same seed's baseline run. Score: "
+            "the competition metric (mean precision over IoU thresholds) of `podium predict` "
+            "(flip TTA, threshold 0.5) on the held-back images' labels.",
             "",
             bench.table(
                 ["arm", "seeds", "held-back score mean ± std", "Δ mean vs baseline"], summary_rows
