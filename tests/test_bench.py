@@ -112,3 +112,12 @@ def test_datacheck_without_real_data_says_so_and_records_nothing(run_bench, tmp_
     last, results = run_bench("datacheck", "--data-root", str(tmp_path / "nothing"))
     assert last == "datacheck skipped: no real data (../shared/data) on this machine"
     assert results == ""
+
+
+def test_levers_without_real_data_says_so_and_records_nothing(run_bench, tmp_path):
+    last, results = run_bench("levers", "--data-root", str(tmp_path / "nothing"))
+    assert (
+        last
+        == f"levers skipped: no real TGS data ({tmp_path / 'nothing' / 'tgs_salt'}) on this machine"
+    )
+    assert results == ""
