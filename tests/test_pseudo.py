@@ -152,6 +152,11 @@ def test_rounds_are_recorded_and_a_second_round_learns_from_the_students(
     assert cli.main(["runs", *TINY_DEMO[1:], *workspace["paths"]]) == 0
     printed = capsys.readouterr().out
     assert f"Pseudo-label round 1 (`{round1}`)" in printed and "optimistic" in printed
+    writeup = ["writeup", *TINY_DEMO[1:], *workspace["paths"], f"writeup_dir={tmp_path}"]
+    assert cli.main(writeup) == 0
+    text = (tmp_path / "demo_shapes.md").read_text()
+    assert f"Pseudo-label round 1 (`{round1}`)" in text
+    assert "**CV with pseudo-labels is optimistic**" in text
 
 
 def test_fold_all_trains_on_every_image_and_claims_no_score(workspace, tmp_path, capsys):
@@ -186,6 +191,11 @@ def test_fold_all_trains_on_every_image_and_claims_no_score(workspace, tmp_path,
     assert cli.main(["runs", *TINY_DEMO[1:], *workspace["paths"]]) == 0
     printed = capsys.readouterr().out
     assert "Full-data models (`fold=all`)" in printed and str(full.name) in printed
+    writeup = ["writeup", *TINY_DEMO[1:], *workspace["paths"], f"writeup_dir={tmp_path}"]
+    assert cli.main(writeup) == 0
+    text = (tmp_path / "demo_shapes.md").read_text()
+    assert "### Full-data models and pseudo-labels" in text
+    assert "Full-data models (`fold=all`)" in text and f"| {full} " in text
 
 
 def test_mixed_batches_deal_pseudo_images_evenly_and_replay():
