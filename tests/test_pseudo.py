@@ -73,6 +73,7 @@ def test_the_rule_keeps_images_and_pixels_as_stated():
     assert label[0].tolist() == [[3, 128], [153, 252]]  # soft: p x 255, rounded
 
 
+@pytest.mark.slow
 def test_a_round_trains_on_exactly_the_confident_images_never_in_a_validation_fold(
     workspace, tmp_path
 ):
@@ -115,6 +116,7 @@ def test_a_round_trains_on_exactly_the_confident_images_never_in_a_validation_fo
         assert item["pseudo"] and item["mask"].shape == item["pixel_weight"].shape
 
 
+@pytest.mark.slow
 def test_a_pseudo_set_of_validation_images_is_refused(workspace, demo_data_dir, tmp_path, capsys):
     """Images labelled by `images=FOLDER` that are the training images themselves: for any
     fold, some are validation images, and training refuses them in one line."""
@@ -129,6 +131,7 @@ def test_a_pseudo_set_of_validation_images_is_refused(workspace, demo_data_dir, 
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_rounds_are_recorded_and_a_second_round_learns_from_the_students(
     workspace, tmp_path, capsys
 ):
@@ -159,6 +162,7 @@ def test_rounds_are_recorded_and_a_second_round_learns_from_the_students(
     assert "**CV with pseudo-labels is optimistic**" in text
 
 
+@pytest.mark.slow
 def test_fold_all_trains_on_every_image_and_claims_no_score(workspace, tmp_path, capsys):
     overrides = [*TINY_DEMO, *TINY_TRAIN, *workspace["paths"], "fold=all"]
     data = load_data(compose_config("train", overrides))
