@@ -48,7 +48,11 @@ __all__ = [
     "MixedDataset",
     "pseudo_per_batch",
     "mixed_epoch_order",
+    "epoch_order_function",
+    "mixed_training_set",
+    "weighted_bce_dice",
     "MixedLoss",
+    "batch_extras",
 ]
 
 MANIFEST = "pseudo.json"
@@ -301,10 +305,6 @@ class MixedLoss(nn.Module):
 def batch_extras(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """The mixed-batch keys of a loader batch, on `device` ({} for a plain batch)."""
     return {k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS if k in batch}
-
-
-def kept_ids(pseudo: PseudoSet) -> Sequence[str]:
-    return [image_id for image_id, _, _ in pseudo.kept]
 
 
 def mixed_training_set(
