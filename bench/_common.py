@@ -30,7 +30,18 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights"
 # section order in RESULTS.md
-ORDER = ("train_step", "loader", "predict", "rle", "quality", "ddp", "datacheck", "estimate")
+ORDER = (
+    "train_step",
+    "loader",
+    "predict",
+    "rle",
+    "quality",
+    "ddp",
+    "datacheck",
+    "estimate",
+    "levers",
+    "threads",
+)
 HISTORY = 5  # earlier headlines kept under each section
 
 

@@ -120,3 +120,12 @@ def test_estimate_compares_an_estimate_with_the_run_it_estimates(run_bench):
     headline = r"estimate ratio \d+\.\d{3} \(estimate / measured, [\d.]+\.\.[\d.]+\)"
     assert re.fullmatch(headline, last)
     assert "tiny demo (48 images, 64 px)" in results and re.search(r"\| 1 \| [\d.]+ \| ", results)
+
+
+def test_levers_without_real_data_says_so_and_records_nothing(run_bench, tmp_path):
+    last, results = run_bench("levers", "--data-root", str(tmp_path / "nothing"))
+    assert (
+        last
+        == f"levers skipped: no real TGS data ({tmp_path / 'nothing' / 'tgs_salt'}) on this machine"
+    )
+    assert results == ""

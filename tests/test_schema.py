@@ -47,6 +47,11 @@ BAD_VALUES = {
                      "trainer.precision=fp8: expected one of auto, fp32, bf16, fp16"),
     "integer or auto": ("train", ["trainer.num_workers=many"],
                         "trainer.num_workers=many: expected an integer >= 0 or auto"),
+    "fold: a number or all": ("train", ["fold=last"], "fold=last: expected an integer >= 0 or all"),
+    "pseudo ratio of a whole batch": ("train", ["pseudo_ratio=1"],
+                                      "pseudo_ratio=1: expected a number > 0 and < 1"),
+    "pseudo rule band": ("pseudo", ["rule.low=0.95"], "rule.low=0.95: expected less than "
+                         "rule.high=0.9 (a pixel is confident below low or above high)"),
     "not a boolean": ("train", ["trainer.progress=yes"],
                       "trainer.progress=yes: expected true or false"),
     "wrong list shape": ("train", ["optimizer.betas=[0.9]"],
@@ -149,7 +154,9 @@ def group_options() -> dict[str, list[str]]:
 def shipped_configs() -> list[tuple[str, list[str]]]:
     """(command config, overrides): each command's default, and each option of every group
     and every competition composed into the command that uses it."""
-    configs = [(name, []) for name in ("train", "tune", "predict", "tools", "export", "search")]
+    configs = [
+        (name, []) for name in ("train", "tune", "predict", "pseudo", "tools", "export", "search")
+    ]
     for group, options in group_options().items():
         command = {"infer": "tune", "search": "search"}.get(group, "train")
         configs += [(command, [f"{group}={option}"]) for option in options]

@@ -49,6 +49,7 @@ train         train   podium.launch:main                  run train one model (a
 search        search  podium.search:search_command        run search hyper-parameters (Optuna)
 tune          tune    podium.tune:tune_command            run tune post-processing on OOF
 predict       predict podium.infer:predict_command        run ensemble runs on the test set
+pseudo        pseudo  podium.pseudo:pseudo_command        -   pseudo-label unlabelled images
 validate      tools   podium.submission:validate_command  -   check a submission file
 score         tools   podium.submission:score_command     -   score a submission locally
 submit        tools   podium.kaggle:submit_command        -   check, then submit a file or kernel

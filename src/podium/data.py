@@ -167,7 +167,9 @@ def pad_collate(items: list[dict]) -> dict:
         "index": torch.tensor([item["index"] for item in items]),
         "sizes": torch.tensor(sizes),
     }
-    for key in ("image", "mask"):
+    if "pseudo" in items[0]:  # a batch mixing pseudo-labelled images in (podium.pseudo_data)
+        batch["pseudo"] = torch.tensor([bool(item["pseudo"]) for item in items])
+    for key in ("image", "mask", "soft_mask", "pixel_weight"):
         if key not in items[0]:
             continue
         tensors = [item[key] for item in items]

@@ -45,6 +45,7 @@ from podium.data import (
     resolve_num_workers,
 )
 from podium.datacheck import require_clean_data
+from podium.full_data import is_full_data
 from podium.io import PodiumError
 from podium.models import (
     load_run_model,
@@ -413,9 +414,11 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> float | None:
     dataset = SegmentationDataset(competition, predicted, transform=None, with_masks=False)
     workers = resolve_num_workers(cfg.num_workers)
     loader = make_loader(dataset, int(cfg.batch_size), workers)
+    full = sum(is_full_data(rundir.read_config(path)) for path, _ in runs)
     log.info(
-        "predicting %d test images with %d runs x %d views (tta=%s), %s, %s; post-processing %s",
-        len(predicted), len(runs), len(views), tta, device, precision, asdict(postprocess),
+        "predicting %d test images with %d runs (%d fold, %d full-data) x %d views (tta=%s), "
+        "%s, %s; post-processing %s", len(predicted), len(runs), len(runs) - full, full,
+        len(views), tta, device, precision, asdict(postprocess),
     )  # fmt: skip
     t_predict = time.time()
     batches = tqdm(loader, desc="predict", disable=not cfg.progress, mininterval=1.0)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from podium import distributed as dist
 from podium import rundir, runlock
+from podium.full_data import full_data_epochs, is_full_data
 from podium.io import PodiumError
 from podium.train import TrainHooks, train
 
@@ -43,6 +44,12 @@ def main(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> flo
 
 def train_run(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> float | None:
     """Decide the run (its directory and config.yaml) and train it: see `main`."""
+    if is_full_data(cfg) and not cfg.resume:
+        try:
+            cfg = _with_full_data_epochs(cfg)
+        except PodiumError:
+            _remove_unstarted_run_dir(run_dir)  # what Hydra made for it, and nothing else
+            raise
     config = OmegaConf.to_container(cfg, resolve=True)
     if dist.inside_launcher():
         return join_launched_job(config, run_dir)
@@ -54,6 +61,19 @@ def train_run(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -
         if not cfg.resume and _remove_unstarted_run_dir(run_dir):
             log.info("removed %s: the run stopped before its first checkpoint", run_dir)
         raise
+
+
+def _with_full_data_epochs(cfg: DictConfig) -> DictConfig:
+    """fold=all: trainer.max_epochs from the command line, else from the recipe's CV runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    given = any(o.split("=", 1)[0].lstrip("+~") == "trainer.max_epochs" for o in overrides)
+    epochs, source = full_data_epochs(cfg, given or not HydraConfig.initialized())
+    log.info("fold=all: %d epochs (%s)", epochs, source)
+    cfg = cfg.copy()
+    cfg.trainer.max_epochs = epochs
+    return cfg
 
 
 def _train_here_or_in_workers(

@@ -39,6 +39,7 @@ from podium.datacheck import require_clean_data
 from podium.io import PodiumError
 from podium.losses import build_loss
 from podium.models import build_model, resolve_precision
+from podium.pseudo_data import MixedLoss, PseudoSet, mixed_training_set
 from podium.rundir import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,14 @@ class TrainData:
     accumulate: int  # micro-batches per optimizer step
     workers: int  # DataLoader worker processes of each training process
     steps_per_epoch: int  # micro-batches per device and epoch
+    # With pseudo-labels (podium.pseudo_data): the set, and (seed, epoch) -> the epoch's indices.
+    pseudo: PseudoSet | None = None
+    epoch_order: Callable[[int, int], list[int]] | None = None
+
+    @property
+    def full_data(self) -> bool:
+        """fold=all: every labelled image trains, nothing validates."""
+        return len(self.val_set) == 0
 
     @property
     def optimizer_steps_per_epoch(self) -> int:
@@ -204,8 +213,12 @@ def load_data(cfg: DictConfig) -> TrainData:
     samples = competition.train_samples()
     require_clean_data(competition, samples, "train")  # before the folds and the first epoch
     n_folds, folds_seed = int(cfg.competition.n_folds), int(cfg.competition.folds_seed)
-    folds = load_or_make_folds(samples, competition.data_dir / "folds.csv", n_folds, folds_seed)
-    train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
+    if str(cfg.fold) == "all":  # a full-data model: no validation fold
+        train_samples, val_samples = list(samples), []
+    else:
+        folds_csv = competition.data_dir / "folds.csv"
+        folds = load_or_make_folds(samples, folds_csv, n_folds, folds_seed)
+        train_samples, val_samples = split_samples(samples, folds, int(cfg.fold))
     if tc.get("limit_val_images"):  # debug: one short validation pass
         val_samples = val_samples[: int(tc.limit_val_images)]
     size = cfg.competition.image_size
@@ -223,9 +236,15 @@ def load_data(cfg: DictConfig) -> TrainData:
             f"trainer.batch_size={batch_size}: {len(train_set)} training images give "
             f"{steps_per_epoch} batches per epoch per device; lower it"
         )
-    return TrainData(
+    data = TrainData(
         competition, train_set, val_set, batch_size, accumulate, workers, steps_per_epoch
     )
+    if cfg.get("pseudo"):  # pseudo-labelled images join the training part only
+        data.train_set, data.pseudo, data.epoch_order = mixed_training_set(
+            cfg.pseudo, train_set, val_samples, train_transform, int(cfg.seed), batch_size,
+            float(cfg.pseudo_ratio), dist.world_size(), steps_per_epoch,
+        )  # fmt: skip
+    return data
 
 
 def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> TrainState:
@@ -254,6 +273,8 @@ def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> Tra
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
     loss_fn = build_loss(cfg.loss, data.competition.task)
+    if data.pseudo is not None:
+        loss_fn = MixedLoss(loss_fn, float(cfg.pseudo_weight))
     return TrainState(
         model, train_model, ema, ema_updates, optimizer, scheduler, scaler, loss_fn, compute
     )

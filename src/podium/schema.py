@@ -58,9 +58,12 @@ HEIGHT_WIDTH = ListOf(Int(min=1), length=2, what="[H, W], two integers >= 1")
 WORKERS = Int(min=0) | "auto"
 
 TRAIN = {  # configs/train.yaml
-    "fold": Int(min=0),
+    "fold": Int(min=0) | "all",
     "seed": SEEDS,
     "experiment_name": Text() | None,
+    "pseudo": Path() | None,
+    "pseudo_weight": Float(ge=0),
+    "pseudo_ratio": Float(gt=0, lt=1),
     "resume": Path() | None,
 }
 RUNS = {  # configs/predict.yaml and tune.yaml: which runs, and tune's search
@@ -116,6 +119,14 @@ TOOLS = {  # configs/tools.yaml
     "experiments": Text() | ListOf(Text()) | None,
     "writeup_dir": Path() | None,
     "diff": ListOf(Text(), length=2, what="[A, B], two runs or experiments") | None,
+}
+PSEUDO = {  # configs/pseudo.yaml (with RUNS and INFER)
+    "images": Path() | None,
+    "rule.mode": OneOf("image", "pixel"),
+    "rule.labels": OneOf("hard", "soft"),
+    "rule.low": PROBABILITY,
+    "rule.high": PROBABILITY,
+    "rule.min_confident": PROBABILITY,
 }
 DOCTOR = {  # configs/tools.yaml's doctor section
     # Beyond 20 bits (of 64) unrelated images match and the bucketed search slows down.
@@ -296,8 +307,8 @@ PATHS = {f"paths.{key}": Path() for key in ("root_dir", "data_dir", "runs_dir", 
 OPEN = {"hydra": Open()}  # Hydra's own settings: Hydra checks them
 
 SCHEMA: dict[str, Rule] = {
-    **TRAIN, **RUNS, **INFER, **TOOLS, **DOCTOR, **SEARCH, **EXPORT, **COMPETITION, **MODEL,
-    **LOSS, **OPTIMIZER, **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **DEBUG, **OPEN,
+    **TRAIN, **RUNS, **INFER, **TOOLS, **PSEUDO, **DOCTOR, **SEARCH, **EXPORT, **COMPETITION,
+    **MODEL, **LOSS, **OPTIMIZER, **SCHEDULER, **AUGMENT, **TRAINER, **PATHS, **DEBUG, **OPEN,
 }  # fmt: skip
 # The mappings that hold settings (trainer, competition.submission...): never a plain value.
 SECTIONS = {key.rsplit(".", i)[0] for key in SCHEMA for i in range(1, key.count(".") + 1)}
@@ -368,7 +379,10 @@ def key_bound(key: str, relation: str, other: str, why: str) -> Callable[[Settin
 
     def rule(s: Settings) -> str | None:
         value, bound = s.get(key), s.get(other)
-        if any(v is None or v is _ABSENT for v in (value, bound)) or holds(value, bound):
+        # A word where a number may stand (fold=all) has no bound.
+        if any(v is None or v is _ABSENT or isinstance(v, str) for v in (value, bound)):
+            return None
+        if holds(value, bound):
             return None
         return f"{s.name(key)}={show(value)}: expected {words} {s.name(other)}={bound} ({why})"
 
@@ -442,6 +456,7 @@ CROSS_KEY_RULES: list[Callable[[Settings], str | None]] = [
     _one_weight_per_run_entry,
     _nesterov_with_momentum,
     _search_grid_and_pruner,
+    key_bound("rule.low", "<", "rule.high", "a pixel is confident below low or above high"),
 ]
 
 

@@ -40,6 +40,7 @@ from podium.models import (
     resolve_device,
     to_input,
 )
+from podium.pseudo_data import batch_extras
 from podium.run_state import (
     Clock,
     Compute,
@@ -131,7 +132,8 @@ def train_epochs(
         train_loss, seconds = train_epoch(run, data, cfg, epoch, records)
         clock.count_epoch(seconds, data.images_per_epoch)
         result = None
-        if (epoch + 1) % int(tc.val_every) == 0 or epoch + 1 == max_epochs:
+        validates = (epoch + 1) % int(tc.val_every) == 0 or epoch + 1 == max_epochs
+        if validates and not data.full_data:
             result = validate(run.eval_model, data.val_set, run.loss_fn, run.compute, cfg)
         saved = dataclasses.replace(run.progress)  # what the checkpoints on disk hold
         improved = run.progress.end_epoch(result)
@@ -166,11 +168,13 @@ def save_epoch(
     result: dict | None,
     improved: bool,
 ) -> None:
-    """The epoch's checkpoints (best.pt and oof.npz when it scored best, then last.pt)."""
+    """The epoch's checkpoints (best.pt and oof.npz when it scored best, then last.pt). A
+    full-data run (fold=all) has no score to choose by: its model is the last epoch's, which
+    best.pt also holds, so every consumer of runs (predict, tune, export) takes it as is."""
     checkpoint = make_checkpoint(run, cfg)
-    if improved:
+    if improved or data.full_data:
         save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "best"))
-        if cfg.trainer.save_oof:
+        if improved and cfg.trainer.save_oof:
             ids = [s.id for s in data.val_set.samples]
             rundir.write_oof(run_dir, ids, result["probs"], result["masks"])
     # A kill after this resumes here.
@@ -203,11 +207,24 @@ class RunLog:
         self.writer = SummaryWriter(log_dir=str(tb), purge_step=step or None)
 
     def start(self, data: TrainData, compute: Compute) -> None:
-        images = f"{len(data.train_set)} train / {len(data.val_set)} val images"
+        images = f"{len(data.train_set.samples)} train / {len(data.val_set)} val images"
+        if data.pseudo is not None:
+            images += f" (+{len(data.pseudo.kept)} pseudo-labelled train images)"
         devices = f"{data.batch_size} x {dist.world_size()} devices x {data.accumulate} accum"
         batch = f"global batch {data.global_batch} ({devices})"
         run = f"{data.competition.name} fold {self.cfg.fold}"
         log.info("%s: %s, %s, %s, %s", run, images, batch, compute.device, compute.precision)
+        if data.pseudo is not None:
+            pseudo, cfg = data.pseudo, self.cfg
+            log.info(
+                "pseudo-labels: round %d from %s, %d of %d images kept (%s); ratio %s per "
+                "batch, loss weight %s", pseudo.round, pseudo.folder, pseudo.manifest["kept"],
+                pseudo.manifest["total"], pseudo.manifest["rule"], cfg.pseudo_ratio,
+                cfg.pseudo_weight,
+            )  # fmt: skip
+        if data.full_data:
+            epochs = int(self.cfg.trainer.max_epochs)
+            log.info("fold=all: a full-data model, %d epochs, no validation score", epochs)
 
     def train_step(self, run: TrainState, loss: float) -> None:
         self.writer.add_scalar("train/loss", loss, run.progress.step)
@@ -279,7 +296,10 @@ def train_epoch(
     """One epoch of optimizer steps. Returns (mean training loss over all ranks, seconds)."""
     tc = cfg.trainer
     data.train_set.set_epoch(epoch)
-    loader = train_loader(data.train_set, data.batch_size, data.workers, int(cfg.seed), epoch)
+    order = data.epoch_order(int(cfg.seed), epoch) if data.epoch_order else None
+    loader = train_loader(
+        data.train_set, data.batch_size, data.workers, int(cfg.seed), epoch, order
+    )
     run.train_model.train()
     t_epoch = time.time()
     running_loss = torch.zeros((), device=run.compute.device)
@@ -310,12 +330,14 @@ def forward_backward(
     device, precision = run.compute.device, run.compute.precision
     images = to_input(batch["image"], run.model, device, run.compute.memory_format)
     masks = batch["mask"].to(device, non_blocking=True)
+    extras = batch_extras(batch, device)  # pseudo-labels: which images, soft targets, weights
     # Under DDP, only the last micro-batch of an accumulation all-reduces gradients
     # (no_sync must hold over both the forward and the backward pass).
     skip_sync = dist.world_size() > 1 and not sync_gradients
     with run.train_model.no_sync() if skip_sync else contextlib.nullcontext():
         with autocast(device, precision):
-            loss = run.loss_fn(ddp_forward(run.train_model, images), masks) / accumulate
+            loss = run.loss_fn(ddp_forward(run.train_model, images), masks, **extras)
+            loss = loss / accumulate
         run.scaler.scale(loss).backward()
     return loss
 
@@ -335,13 +357,17 @@ def optimizer_step(run: TrainState, grad_clip: float | None) -> None:
         run.ema.update_parameters(run.model)
 
 
-def train_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int):
-    """The epoch's loader: order depends only on (seed, epoch), so resuming replays it exactly.
+def train_loader(
+    dataset, batch_size: int, workers: int, seed: int, epoch: int, order: list[int] | None = None
+):
+    """The epoch's loader: order depends only on (seed, epoch), so resuming replays it exactly
+    (`order`: the dataset's own for this epoch, e.g. batches mixing pseudo-labels in).
 
     One permutation per epoch, dealt round-robin to the ranks (DistributedSampler's scheme, with
     drop_last): rank r takes positions r, r+W, ... So the W per-device batches of a step are
     exactly the global batch a single process with batch_size * W would draw, whatever W is."""
-    order = torch.randperm(len(dataset), generator=epoch_generator(seed, epoch)).tolist()
+    if order is None:
+        order = torch.randperm(len(dataset), generator=epoch_generator(seed, epoch)).tolist()
     world = dist.world_size()
     shard = order[dist.rank() : len(order) - len(order) % world : world]
     workers_seed = epoch_generator(seed, epoch)  # seeds the loader's worker processes
@@ -439,7 +465,7 @@ def run_summary(
     return {
         "competition": data.competition.name,
         "experiment_name": cfg.experiment_name,
-        "fold": int(cfg.fold),
+        "fold": "all" if data.full_data else int(cfg.fold),
         "seed": int(cfg.seed),
         "metric": cfg.competition.metric,
         "best_score": progress.best_score if progress.best_epoch > 0 else None,
@@ -462,6 +488,11 @@ def run_summary(
         "git_sha": git_sha(),
         "podium_version": podium.__version__,
         "run_dir": str(run_dir),
+        # fold=all: a full-data model, no validation score; its model is the last epoch's.
+        "full_data": data.full_data,
+        "pseudo": None
+        if data.pseudo is None
+        else data.pseudo.record(float(cfg.pseudo_weight), float(cfg.pseudo_ratio)),
     }
 
 

@@ -27,6 +27,7 @@ from podium.data import (
     resolve_num_workers,
     split_samples,
 )
+from podium.full_data import is_full_data
 from podium.infer import load_ensemble, predict_batch, tta_views
 from podium.io import PodiumError
 from podium.models import resolve_device, resolve_precision
@@ -101,7 +102,8 @@ def tune_command(cfg: DictConfig, run_dir: Path) -> float:
     defaults, save `run_dir/tuned.json` and record it with the runs for `podium predict`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     competition = load_competition(cfg)
-    runs = rundir.resolve_runs(cfg)
+    given = rundir.resolve_runs(cfg)
+    runs = fold_runs(given)
     defaults = PostProcess(float(cfg.threshold), float(cfg.min_area), float(cfg.empty_area))
     results = {
         tta: _tune_one(cfg, competition, runs, defaults, tta)
@@ -125,13 +127,30 @@ def tune_command(cfg: DictConfig, run_dir: Path) -> float:
         "gain": result.score - result.default_score,
         "by_tta": {str(t): r[0].score for t, r in results.items()} if best_tta else None,
         "path": str(path),
+        "full_data_runs": [str(p) for p, _ in given if p not in dict(runs)],
     }
     io.write_json(path, tuned)
-    rundir.record_tuning([p for p, _ in runs], tuned)
+    # Under the ensemble as given: `podium predict` with the same runs, full-data ones too.
+    rundir.record_tuning([p for p, _ in given], tuned)
     extra = f", tta={best_tta}" if best_tta else ""
     gain = tuned["gain"]
     log.info("saved %s: %s%s (OOF gain %+.4f)", path, _describe(result.best), extra, gain)
     return result.score
+
+
+def fold_runs(runs: Sequence[tuple[Path, float]]) -> list[tuple[Path, float]]:
+    """The runs that have out-of-fold predictions: full-data runs (fold=all) are left out, with
+    a line saying so; runs that are all full-data are an error."""
+    full = [path for path, _ in runs if is_full_data(rundir.read_config(path))]
+    if full and len(full) == len(runs):
+        raise PodiumError(
+            f"runs: all {len(runs)} runs are full-data models (fold=all), which have no "
+            "out-of-fold predictions to tune on; add the fold runs of the same recipe"
+        )
+    if full:
+        names = ", ".join(path.name for path in full)
+        log.info("tuning without %d full-data runs (fold=all, no OOF): %s", len(full), names)
+    return [(path, weight) for path, weight in runs if path not in full]
 
 
 def _tune_one(

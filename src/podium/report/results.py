@@ -38,8 +38,13 @@ class Run:
         return str(self.record.get("experiment_name") or "unnamed")
 
     @property
-    def fold(self) -> int:
-        return int(self.record["fold"])
+    def fold(self) -> int | str:
+        """The validation fold, or "all" for a full-data model (no validation, no score)."""
+        return "all" if self.full_data else int(self.record["fold"])
+
+    @property
+    def full_data(self) -> bool:
+        return str(self.record.get("fold")) == "all"
 
     @property
     def seed(self) -> int:
@@ -111,6 +116,11 @@ class Experiment:
     name: str
     runs: list[Run]
     submissions: list[Submission] = field(default_factory=list)
+
+    @property
+    def full_data_runs(self) -> list[Run]:
+        """Its full-data models (fold=all): listed apart, never in the CV."""
+        return [r for r in self.runs if r.full_data]
 
     @property
     def scored(self) -> list[Run]:

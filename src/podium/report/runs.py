@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from podium.report.ablations import diff_text
+from podium.report.levers import full_data_lines, pseudo_lines
 from podium.report.results import load_results, select_experiments
 from podium.report.tables import (
     SPREAD_NOTE,
@@ -36,6 +37,9 @@ def runs_command(cfg: DictConfig) -> int:
                 f"Note: the runs of {e.name} use {len(e.config_hashes)} different configs "
                 f"({', '.join(e.config_hashes)}); `diff=[RUN,RUN]` shows what differs."
             )
+    levers = [*full_data_lines(chosen), *pseudo_lines(chosen)]
+    if levers:
+        print("\n" + "\n".join(levers).rstrip())
     if cfg.get("experiments"):
         for experiment in chosen:
             print(f"\n{experiment.name}:\n{runs_table(experiment)}")

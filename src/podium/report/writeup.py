@@ -19,6 +19,7 @@ from podium import io
 from podium.io import PodiumError
 from podium.report.ablations import ablation_table, ablations
 from podium.report.figures import plot_cv_vs_lb, plot_learning_curves, plot_validation_grid
+from podium.report.levers import full_data_lines, pseudo_lines
 from podium.report.method import method_lines
 from podium.report.results import (
     Experiment,
@@ -199,6 +200,9 @@ def results_lines(
         n_folds = (e.config or {}).get("competition", {}).get("n_folds")
         if n_folds and len(e.folds) < int(n_folds):
             lines += [f"(CV over {len(e.folds)} of the {n_folds} folds.)", ""]
+    levers = [*full_data_lines(experiments), *pseudo_lines(experiments)]
+    if levers:
+        lines += ["### Full-data models and pseudo-labels", "", *levers]
     lines += ["### Submissions", ""]
     if submissions:
         lines += [submissions_table(submissions), ""]
