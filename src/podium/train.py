@@ -337,10 +337,11 @@ def ddp_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model(images)
     except RuntimeError as e:
         if _is_compile_failure(e):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            cause = getattr(e, "inner_exception", None) or e  # what the compiler raised
+            lines = str(cause).strip().splitlines() or [""]
             raise PodiumError(
                 f"trainer.compile=true: torch.compile cannot compile the model on this machine "
-                f"({type(e).__name__}: {first[:200]}); set trainer.compile=false"
+                f"({type(cause).__name__}: {lines[0][:200]}); set trainer.compile=false"
             ) from None
         if "find_unused_parameters" not in str(e):
             raise
