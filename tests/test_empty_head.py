@@ -234,3 +234,16 @@ def test_a_checkpoint_without_the_head_still_loads_for_predict(tmp_path):
     # An old oof.npz (no nonempty_ keys) reads as "no head".
     rundir.write_oof(run, ["a"], [np.zeros((1, 4, 4), np.uint8)], [np.zeros((1, 4, 4), np.uint8)])
     assert rundir.read_oof_nonempty(run) == {}
+
+
+def test_the_write_up_describes_the_head_when_used():
+    from podium.report.method import _facts_from_config
+
+    def facts(*overrides: str) -> dict[str, str]:
+        cfg = compose_config("train", [*TINY_MODEL, *overrides])
+        records = [{"precision": "fp32", "device": "cpu", "epochs_run": 1, "best_epoch": 1}]
+        return _facts_from_config(OmegaConf.to_container(cfg, resolve=True), records)
+
+    with_head = facts("model.aux_head=empty", "loss.aux_weight=0.25")
+    assert "weight 0.25" in with_head["Empty-mask head"]
+    assert "Empty-mask head" not in facts()

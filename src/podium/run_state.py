@@ -257,7 +257,7 @@ def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> Tra
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
     loss_fn = build_loss(cfg.loss, data.competition.task)
     if getattr(model, "has_empty_head", False):
-        loss_fn = EmptyHeadLoss(loss_fn, float(cfg.loss.get("aux_weight", 1.0)))
+        loss_fn = EmptyHeadLoss(loss_fn, float(cfg.loss.get("aux_weight", 0.5)))
     return TrainState(
         model, train_model, ema, ema_updates, optimizer, scheduler, scaler, loss_fn, compute
     )

@@ -354,10 +354,8 @@ def ddp_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def _is_compile_failure(error: BaseException) -> bool:
     """Whether `error` comes from torch.compile's compiler (a missing C compiler, Triton...)."""
-    try:
-        from torch._dynamo.exc import BackendCompilerFailed
-    except ImportError:  # pragma: no cover - torch without dynamo
-        return False
+    from torch._dynamo.exc import BackendCompilerFailed  # here: importing Dynamo takes a while
+
     return isinstance(error, BackendCompilerFailed)
 
 
