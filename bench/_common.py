@@ -30,18 +30,8 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights"
 # section order in RESULTS.md
-ORDER = (
-    "train_step",
-    "loader",
-    "predict",
-    "rle",
-    "quality",
-    "ddp",
-    "datacheck",
-    "estimate",
-    "levers",
-    "threads",
-)
+ORDER = ("train_step", "compile", "loader", "predict", "rle", "quality", "ddp", "datacheck",
+         "estimate", "levers", "threads")  # fmt: skip
 HISTORY = 5  # earlier headlines kept under each section
 
 

@@ -220,6 +220,7 @@ def test_the_tables_name_what_the_code_knows():
     from podium import data, infer, losses, models, run_state
 
     assert set(schema.TTA_SETS) == set(infer.TTA_SETS)
+    assert set(schema.AUX_HEADS) == set(models.AUX_HEADS)
     assert set(schema.AUGMENT_PRESETS) == set(data._PRESETS)
     loss = OmegaConf.to_container(compose_config("train").loss)
     for term in schema.LOSS_TERMS:  # each builds alone

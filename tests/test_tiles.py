@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from podium import infer
+from podium import tiles
 from podium.infer import predict_batch, predict_tiled, tile_starts, tile_window
 
 
@@ -53,7 +53,7 @@ def test_tiles_are_weighted_towards_their_centres(monkeypatch):
         return out
 
     smooth = predict_tiled(centre_only, image, tile_size=16, overlap=0.5, batch_size=8)[0]
-    monkeypatch.setattr(infer, "tile_window", lambda h, w, device: torch.ones(h, w))
+    monkeypatch.setattr(tiles, "tile_window", lambda h, w, device: torch.ones(h, w))
     flat = predict_tiled(centre_only, image, tile_size=16, overlap=0.5, batch_size=8)[0]
     inside = (slice(4, 36), slice(4, 36))  # every pixel here is in some tile's centre
     assert flat[inside].min() == 0.25 and smooth[inside].min() > 0.5

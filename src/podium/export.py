@@ -56,7 +56,7 @@ EXPORT_FILE = "export.json"
 # The prediction settings the kernel passes to `podium predict` as the export was given them.
 PREDICT_KEYS = (
     "tta", "tta_scales", "batch_size", "forward_batch", "threshold", "min_area", "empty_area",
-    "tile_size", "tile_overlap", "num_workers", "precision",
+    "empty_gate", "tile_size", "tile_overlap", "num_workers", "precision",
 )  # fmt: skip
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")  # Kaggle: 3 to 50 characters
 

@@ -6,8 +6,8 @@ The pieces, each usable on its own:
     View, tta_views, tta_predict    dihedral and multi-scale views, each de-augmented exactly
     Ensemble                        models x views -> averaged probabilities at the input's size
     tile_starts, tile_window,       overlapping tiles with a smooth weight window, merged and
-      predict_tiled                   cropped exactly to the image
-    PostProcess                     threshold, small-component removal, empty-mask rule
+      predict_tiled                   cropped exactly to the image (podium.tiles)
+    PostProcess                     threshold, small-component removal, empty-mask rules
     predict_rows                    test set -> submission rows, lazily (a generator)
 
 Probabilities, not logits, are averaged (over views, then over models): with logits one
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,12 +48,14 @@ from podium.full_data import is_full_data
 from podium.io import PodiumError
 from podium.models import (
     load_run_model,
-    predict_logits,
+    predict_outputs,
     probabilities,
     resolve_device,
     resolve_precision,
+    split_output,
 )
 from podium.postprocess import PostProcess
+from podium.tiles import predict_tiled, tile_starts, tile_window
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,18 @@ __all__ = [
     "tile_window",
     "predict_tiled",
     "predict_batch",
+    "predict_images",
     "predict_rows",
     "find_tuned",
+    "default_postprocess",
     "load_ensemble",
     "predict_command",
 ]
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+# A batch -> per-pixel probabilities at its input size; from models with the image-level head
+# (`model.aux_head=empty`), the pair (probabilities, P(mask not empty) per image), as the models
+# themselves return (podium.models.split_output reads both forms).
+Forward = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
 # =============================================================================================
@@ -136,7 +142,8 @@ def tta_predict(
     forward: Forward, images: torch.Tensor, views: Sequence[View], max_batch: int | None = None
 ) -> torch.Tensor:
     """The mean over `views` of `forward` on each view of `images` (NCHW), de-augmented and at
-    the input's size. `forward` maps a batch to per-pixel probabilities at its input size.
+    the input's size. `forward` maps a batch to per-pixel probabilities at its input size
+    (or to the pair with P(not empty) per image, averaged over the views alike: see Forward).
 
     Views whose inputs have the same shape run as extra batch items of one forward pass (at
     most `max_batch` images per pass; None: all of them)."""
@@ -145,20 +152,26 @@ def tta_predict(
     for view in views:
         sh, sw = max(1, round(h * view.scale)), max(1, round(w * view.scale))
         groups.setdefault((sw, sh) if view.rotations % 2 else (sh, sw), []).append(view)
-    total = None
+    total = nonempty = None
     for group in groups.values():
         per_pass = len(group) if max_batch is None else max(1, max_batch // n)
         for start in range(0, len(group), per_pass):
             chunk = group[start : start + per_pass]
             batch = torch.cat([v.augment(_scaled(images, v.scale)) for v in chunk])
             if max_batch is None or len(batch) <= max_batch:
-                out = forward(batch)
+                out, gate = split_output(forward(batch))
             else:
-                out = torch.cat([forward(part) for part in batch.split(max_batch)])
+                parts = [split_output(forward(part)) for part in batch.split(max_batch)]
+                out = torch.cat([p for p, _ in parts])
+                gate = None if parts[0][1] is None else torch.cat([g for _, g in parts])
             for i, view in enumerate(chunk):
                 probs = resize(view.deaugment(out[i * n : (i + 1) * n]), (h, w))
                 total = probs.to(torch.float32, copy=True) if total is None else total.add_(probs)
-    return total.div_(len(views))
+            if gate is not None:  # image-level: the views' values need no de-augmenting
+                summed = gate.float().view(len(chunk), n).sum(0)
+                nonempty = summed if nonempty is None else nonempty.add_(summed)
+    total = total.div_(len(views))
+    return total if nonempty is None else (total, nonempty.div_(len(views)))
 
 
 def _scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
@@ -174,7 +187,10 @@ class Ensemble:
     Each model sees the batch at its own training resolution (`input_sizes[i]`, its run's
     `competition.image_size`; None keeps the native size) through every view; its
     probabilities are de-augmented, resized back and averaged over views, then over models.
-    Call it with a uint8 NCHW batch; it returns float NCHW probabilities on `device`.
+    Call it with a uint8 NCHW batch; it returns float NCHW probabilities on `device`, and,
+    when some of its models have the image-level head, the pair (probabilities, P(mask not
+    empty) per image), that mean taken over the views and over those models (their weights
+    renormalised among them).
     """
 
     def __init__(
@@ -197,72 +213,34 @@ class Ensemble:
         self.task, self.views, self.device = task, list(views), device
         self.precision, self.max_batch = precision, max_batch
 
+    @property
+    def has_nonempty(self) -> bool:
+        """Whether some model has the image-level head (then calls return the pair)."""
+        return any(getattr(m, "has_empty_head", False) for m in self.models)
+
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         h, w = images.shape[-2:]
-        total = None
+        total = nonempty = None
+        gate_weight = 0.0
         for model, weight, size in zip(self.models, self.weights, self.input_sizes, strict=True):
 
-            def forward(batch: torch.Tensor, model=model) -> torch.Tensor:
-                logits = predict_logits(model, batch, self.device, self.precision)
-                return probabilities(logits, self.task)
+            def forward(batch: torch.Tensor, model=model):
+                logits, gate = predict_outputs(model, batch, self.device, self.precision)
+                probs = probabilities(logits, self.task)
+                return probs if gate is None else (probs, gate.sigmoid())
 
             inputs = images if size is None else resize(images, size)
-            probs = resize(tta_predict(forward, inputs, self.views, self.max_batch), (h, w))
+            out, gate = split_output(tta_predict(forward, inputs, self.views, self.max_batch))
+            probs = resize(out, (h, w))
             total = probs.mul_(weight) if total is None else total.add_(probs, alpha=weight)
-        return total
-
-
-# =============================================================================================
-# Tiled prediction
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Starts of `tile`-long windows covering [0, length): spread evenly, consecutive windows
-    overlapping by at least `overlap`, the first at 0 and the last flush with the end."""
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    n = math.ceil((length - tile) / step) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
-def tile_window(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A smooth HxW weight: a Gaussian (sigma = 1/8 of the side, as nnU-Net) floored at 1e-3 of
-    its peak so every pixel keeps a weight. Tile centres, which saw the most context, count
-    most, and tile edges fade out instead of leaving seams."""
-
-    def axis(n: int) -> torch.Tensor:
-        x = torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2
-        return torch.exp(-0.5 * (x / max(n / 8, 1e-6)) ** 2)
-
-    window = axis(height)[:, None] * axis(width)[None, :]
-    return (window / window.max()).clamp_(min=1e-3)
-
-
-def predict_tiled(
-    forward: Forward, image: torch.Tensor, tile_size: int, overlap: float, batch_size: int
-) -> torch.Tensor:
-    """Probabilities of one large CxHxW image, tile by tile: tiles of `tile_size` (smaller
-    sides stay whole) overlapping by `overlap` of a tile run through `forward` in batches, and
-    are merged as a window-weighted mean. The result is exactly HxW."""
-    h, w = image.shape[-2:]
-    th, tw = min(tile_size, h), min(tile_size, w)
-    step_overlap = int(round(tile_size * overlap))
-    corners = [
-        (y, x) for y in tile_starts(h, th, step_overlap) for x in tile_starts(w, tw, step_overlap)
-    ]
-    merged = weight_sum = window = None
-    for start in range(0, len(corners), batch_size):
-        chunk = corners[start : start + batch_size]
-        probs = forward(torch.stack([image[:, y : y + th, x : x + tw] for y, x in chunk]))
-        if merged is None:
-            merged = probs.new_zeros((probs.shape[1], h, w), dtype=torch.float32)
-            weight_sum = probs.new_zeros((h, w), dtype=torch.float32)
-            window = tile_window(th, tw, probs.device)
-        for (y, x), p in zip(chunk, probs, strict=True):
-            merged[:, y : y + th, x : x + tw].add_(p * window)
-            weight_sum[y : y + th, x : x + tw].add_(window)
-    return merged.div_(weight_sum)
+            if gate is not None:
+                gate_weight += weight
+                nonempty = gate * weight if nonempty is None else nonempty.add_(gate, alpha=weight)
+        if nonempty is None:
+            return total
+        return total, nonempty.div_(max(gate_weight, 1e-12))
 
 
 # =============================================================================================
@@ -275,22 +253,41 @@ def predict_batch(
     tile_overlap: float = 0.25,
     tile_batch: int = 8,
 ) -> list[torch.Tensor]:
-    """Probabilities (CxHxW each) of the images of a padded loader batch, each at its own size.
-    Images of one size run together (no padding reaches the model); images with a side larger
-    than `tile_size` are predicted tile by tile."""
+    """Probabilities (CxHxW each) of the images of a padded loader batch, each at its own size
+    (`predict_images` without the image-level head's values)."""
+    predicted = predict_images(ensemble, images, sizes, tile_size, tile_overlap, tile_batch)
+    return [probs for probs, _ in predicted]
+
+
+def predict_images(
+    ensemble: Forward,
+    images: torch.Tensor,
+    sizes: Sequence[Sequence[int]],
+    tile_size: int | None = None,
+    tile_overlap: float = 0.25,
+    tile_batch: int = 8,
+) -> list[tuple[torch.Tensor, float | None]]:
+    """(probabilities CxHxW, P(mask not empty) or None without the image-level head) of each
+    image of a padded loader batch, at its own size. Images of one size run together (no
+    padding reaches the model); images with a side larger than `tile_size` are predicted tile
+    by tile."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, (h, w) in enumerate(sizes):
         by_size.setdefault((int(h), int(w)), []).append(i)
-    out: list[torch.Tensor | None] = [None] * len(sizes)
+    out: list = [None] * len(sizes)
     for (h, w), indices in by_size.items():
         if tile_size and max(h, w) > tile_size:
             for i in indices:
                 image = images[i, :, :h, :w]
-                out[i] = predict_tiled(ensemble, image, tile_size, tile_overlap, tile_batch)
+                probs, gate = split_output(
+                    predict_tiled(ensemble, image, tile_size, tile_overlap, tile_batch)
+                )
+                out[i] = (probs, None if gate is None else float(gate))
             continue
-        probs = ensemble(images[indices, :, :h, :w])
+        probs, gates = split_output(ensemble(images[indices, :, :h, :w]))
+        gates = None if gates is None else gates.float().cpu().tolist()
         for j, i in enumerate(indices):
-            out[i] = probs[j]
+            out[i] = (probs[j], None if gates is None else gates[j])
     return out
 
 
@@ -315,24 +312,24 @@ def predict_rows(
     `area_basis` (H, W): the resolution the post-processing areas were tuned at; areas scale
     with each image's size (None: areas are pixels of the image itself)."""
 
-    def finish(indices: list[int], probs: list[np.ndarray]) -> list[tuple[str, str]]:
+    def finish(indices: list[int], predicted: list) -> list[tuple[str, str]]:
         rows = []
-        for index, p in zip(indices, probs, strict=True):
+        for index, (p, nonempty) in zip(indices, predicted, strict=True):
             h, w = p.shape[-2:]
             scale = (h * w) / (area_basis[0] * area_basis[1]) if area_basis else 1.0
-            hard = postprocess(p.astype(np.float32) / 255.0, competition.task, scale)
+            hard = postprocess(p.astype(np.float32) / 255.0, competition.task, scale, nonempty)
             rows += competition.submission_rows(samples[index], hard)
         return rows
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque = deque()
         for batch in batches:
-            probs = predict_batch(
+            predicted = predict_images(
                 ensemble, batch["image"], batch["sizes"].tolist(), tile_size, tile_overlap,
                 tile_batch,
             )  # fmt: skip
-            probs = [rundir.quantize(p).cpu().numpy() for p in probs]
-            pending.append(pool.submit(finish, batch["index"].tolist(), probs))
+            predicted = [(rundir.quantize(p).cpu().numpy(), g) for p, g in predicted]
+            pending.append(pool.submit(finish, batch["index"].tolist(), predicted))
             while len(pending) > 1:
                 yield from pending.popleft().result()
         while pending:
@@ -346,8 +343,8 @@ def find_tuned(cfg: DictConfig, runs: Sequence[Path]) -> tuple[PostProcess, dict
 
     `tuned=auto`: what `podium tune` recorded with exactly these runs (see podium.rundir),
     wherever the tune command's own folder is; `tuned=PATH`: that tuned.json (or its folder);
-    `tuned=null`: threshold, min_area and empty_area as given."""
-    defaults = PostProcess(float(cfg.threshold), float(cfg.min_area), float(cfg.empty_area))
+    `tuned=null`: threshold, min_area, empty_area and empty_gate as given."""
+    defaults = default_postprocess(cfg)
     choice = cfg.get("tuned", "auto")
     if choice is None:
         return defaults, None
@@ -373,6 +370,18 @@ def find_tuned(cfg: DictConfig, runs: Sequence[Path]) -> tuple[PostProcess, dict
     if sorted(tuned.get("runs", [])) != sorted(str(r) for r in runs):
         log.warning("%s was tuned on other runs than these", path)
     return _postprocess_from(tuned, path), {"path": str(path)} | tuned
+
+
+def default_postprocess(cfg: DictConfig) -> PostProcess:
+    """The post-processing the config gives (`threshold`, `min_area`, `empty_area`,
+    `empty_gate`): predict's without a tuning, and the baseline `podium tune` compares to."""
+    gate = cfg.get("empty_gate")
+    return PostProcess(
+        float(cfg.threshold),
+        float(cfg.min_area),
+        float(cfg.empty_area),
+        None if gate is None else float(gate),
+    )
 
 
 def _postprocess_from(tuned: dict, path: Path) -> PostProcess:
@@ -405,6 +414,12 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> float | None:
             "tiling needs runs trained at the native resolution"
         )
     area_basis = (tuned or {}).get("area_basis")
+    if postprocess.empty_gate is not None and not ensemble.has_nonempty:
+        source = (tuned or {}).get("path") or "empty_gate"
+        raise PodiumError(
+            f"{source}: empty_gate={postprocess.empty_gate:g} needs runs trained with "
+            "model.aux_head=empty, and none of these runs has that head"
+        )
 
     competition.require_data()
     samples = competition.test_samples()

@@ -27,7 +27,7 @@ from torch import nn
 
 from podium import distributed as dist
 
-__all__ = ["SoftDiceLoss", "WeightedLoss", "build_loss"]
+__all__ = ["SoftDiceLoss", "WeightedLoss", "EmptyHeadLoss", "build_loss"]
 
 
 def _probabilities_and_targets(logits: torch.Tensor, target: torch.Tensor, task: str):
@@ -90,6 +90,25 @@ class WeightedLoss(nn.Module):
             total = total + self.weights[name] * value
         self.last_terms = parts
         return total
+
+
+class EmptyHeadLoss(nn.Module):
+    """The segmentation loss plus `weight` x BCE of the image-level head (`model.aux_head=empty`)
+    against "the mask is not empty" (any foreground pixel, of any class). Takes the model's
+    output as it comes: (mask logits, non-empty logits N), or mask logits alone."""
+
+    def __init__(self, segmentation: nn.Module, weight: float):
+        super().__init__()
+        self.segmentation, self.weight = segmentation, float(weight)
+
+    def forward(self, output, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+        logits, nonempty = output if isinstance(output, tuple) else (output, None)
+        loss = self.segmentation(logits, target, **extras)  # extras: a pseudo-label batch's
+        if nonempty is None:
+            return loss
+        truth = target.flatten(1).gt(0).any(1).to(torch.float32)
+        bce = F.binary_cross_entropy_with_logits(nonempty.float(), truth)
+        return loss + self.weight * bce
 
 
 def build_loss(cfg: DictConfig, task: str) -> WeightedLoss:

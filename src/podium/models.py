@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,14 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SegmentationModel", "build_model", "load_encoder_weights", "pad_to_multiple",
     "resolve_device", "resolve_precision", "autocast", "to_input", "probabilities", "binarize",
-    "load_run_model", "predict_logits",
+    "load_run_model", "predict_logits", "predict_outputs", "split_output", "join_output",
+    "strip_compile_prefix", "AUX_HEADS",
 ]  # fmt: skip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+AUX_HEADS = ("none", "empty")  # model.aux_head
 
 
 def pad_to_multiple(
@@ -71,7 +74,12 @@ def unpad(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 class SegmentationModel(nn.Module):
-    """An smp network that takes any input size and keeps its normalisation constants."""
+    """An smp network that takes any input size and keeps its normalisation constants.
+
+    With an image-level head (`model.aux_head=empty`: smp's `aux_params`, one output) the
+    forward pass returns, as smp does, the pair (mask logits NxCxHxW, logits N of "the mask is
+    not empty"); without one, the mask logits alone. `split_output` is the one place callers
+    turn either form into (mask logits, non-empty logits or None)."""
 
     def __init__(
         self,
@@ -87,16 +95,44 @@ class SegmentationModel(nn.Module):
         self.stride = stride
         self.pad_mode, self.pad_value = pad_mode, pad_value
         self.mean, self.std = tuple(mean), tuple(std)
+        self.has_empty_head = getattr(net, "classification_head", None) is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         padded, pads = pad_to_multiple(x, self.stride, self.pad_mode, self.pad_value)
-        return unpad(self.net(padded), pads)
+        out = self.net(padded)
+        if isinstance(out, tuple):  # smp with aux_params: (masks, labels Nx1)
+            masks, nonempty = out
+            return unpad(masks, pads), nonempty[:, 0]
+        return unpad(out, pads)
+
+
+def split_output(
+    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mask logits, logits of "the mask is not empty" or None) of a model's forward output."""
+    if isinstance(output, tuple):
+        return output[0], output[1]
+    return output, None
+
+
+def join_output(
+    masks: torch.Tensor, nonempty: torch.Tensor | None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `split_output`: the form a model with or without the head returns."""
+    return masks if nonempty is None else (masks, nonempty)
 
 
 def build_model(cfg: DictConfig, num_outputs: int, in_channels: int = 3) -> SegmentationModel:
     """Build `cfg.arch` with encoder `cfg.encoder` (the `model` config group)."""
     weights = cfg.encoder_weights
     local_file = weights is not None and _looks_like_path(str(weights))
+    aux_head = str(cfg.get("aux_head") or "none")
+    if aux_head not in AUX_HEADS:
+        raise PodiumError(f"model.aux_head={aux_head}: expected {' | '.join(AUX_HEADS)}")
+    extra = dict(cfg.get("kwargs") or {})
+    if aux_head == "empty":  # one logit per image: "is anything here?", on the deepest features
+        dropout = float(cfg.get("aux_dropout") or 0.0)
+        extra["aux_params"] = {"classes": 1, "dropout": dropout or None}
     hub_weights = None if (weights is None or local_file) else weights
     if hub_weights is not None and cfg.encoder.startswith("tu-"):
         hub_weights = True  # timm-universal encoders take a flag; the tag is in the name
@@ -108,7 +144,7 @@ def build_model(cfg: DictConfig, num_outputs: int, in_channels: int = 3) -> Segm
                 encoder_weights=hub_weights,
                 in_channels=in_channels,
                 classes=num_outputs,
-                **dict(cfg.get("kwargs") or {}),
+                **extra,
             )
     except KeyError as e:
         raise PodiumError(f"model: {e.args[0] if e.args else e}") from None
@@ -281,13 +317,34 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", weights: str = "ema"
         state = {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
     else:
         state = saved["model"]
-    model.load_state_dict(state)
+    model.load_state_dict(strip_compile_prefix(state))
     return model.eval(), cfg
 
 
+_COMPILE_PREFIX = re.compile(r"(^|\.)_orig_mod\.")
+
+
+def strip_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the `_orig_mod.` that a torch.compile'd module puts in its keys removed
+    (`_orig_mod.net.x`, `module._orig_mod.net.x` for an EMA of one): podium saves the plain
+    module's weights, but checkpoints from elsewhere, or older ones, may carry it
+    (Lightning-AI/pytorch-lightning#17415)."""
+    return {_COMPILE_PREFIX.sub(r"\1", key, count=1): value for key, value in state.items()}
+
+
 @torch.inference_mode()
-def predict_logits(model: SegmentationModel, images: torch.Tensor, device, precision="fp32"):
-    """Float logits of a uint8 NCHW batch (the one forward pass prediction code shares)."""
+def predict_outputs(
+    model: SegmentationModel, images: torch.Tensor, device, precision: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float (mask logits, non-empty logits or None) of a uint8 NCHW batch: the one forward
+    pass prediction code shares."""
     x = to_input(images, model, device, torch.channels_last)
     with autocast(device, precision):
-        return model(x).float()
+        masks, nonempty = split_output(model(x))
+    return masks.float(), None if nonempty is None else nonempty.float()
+
+
+def predict_logits(model: SegmentationModel, images: torch.Tensor, device, precision="fp32"):
+    """Float mask logits of a uint8 NCHW batch (the image-level head's output, if any, is
+    dropped: `predict_outputs` keeps it)."""
+    return predict_outputs(model, images, device, precision)[0]

@@ -1,5 +1,5 @@
 """Post-processing: probabilities -> the hard mask a submission encodes (threshold, removal of
-small components, the empty-mask rule). `podium tune` chooses it on out-of-fold predictions,
+small components, the empty-mask rules). `podium tune` chooses it on out-of-fold predictions,
 `podium predict` applies it."""
 
 from __future__ import annotations
@@ -21,14 +21,28 @@ class PostProcess:
     threshold: binarisation threshold (binary, multilabel; multiclass takes the argmax).
     min_area: connected components (8-connected) smaller than this many pixels are removed.
     empty_area: a mask (per class) left with fewer pixels than this becomes empty.
+    empty_gate: the image-level head's gate (`model.aux_head=empty`): the whole mask is emptied
+      when the head's P(not empty) (`nonempty`) is below this; None: off, the head is ignored.
     Areas are pixels at the resolution the mask is made at, times `area_scale`.
     """
 
     threshold: float = 0.5
     min_area: float = 0
     empty_area: float = 0
+    empty_gate: float | None = None
 
-    def __call__(self, probs: np.ndarray, task: str, area_scale: float = 1.0) -> np.ndarray:
+    def __call__(
+        self,
+        probs: np.ndarray,
+        task: str,
+        area_scale: float = 1.0,
+        nonempty: float | None = None,
+    ) -> np.ndarray:
+        if self.empty_gate is not None:
+            if nonempty is None:
+                raise ValueError("empty_gate is set but the models give no P(not empty)")
+            if nonempty < self.empty_gate:
+                return np.zeros_like(binarize(probs, task, self.threshold))
         hard = binarize(probs, task, self.threshold)
         min_area, empty_area = self.min_area * area_scale, self.empty_area * area_scale
         if min_area <= 1 and empty_area <= 0:

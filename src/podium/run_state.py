@@ -37,8 +37,8 @@ from podium.data import (
 )
 from podium.datacheck import require_clean_data
 from podium.io import PodiumError
-from podium.losses import build_loss
-from podium.models import build_model, resolve_precision
+from podium.losses import EmptyHeadLoss, build_loss
+from podium.models import build_model, resolve_precision, strip_compile_prefix
 from podium.pseudo_data import MixedLoss, PseudoSet, mixed_training_set
 from podium.rundir import load_checkpoint
 
@@ -138,8 +138,8 @@ class Progress:
 class TrainState:
     """What a training step uses and changes; checkpoints save it and resuming restores it."""
 
-    model: torch.nn.Module
-    train_model: torch.nn.Module  # `model`, or its DDP wrapper: the training forward pass
+    model: torch.nn.Module  # the plain module: checkpoints save its keys, never compile's
+    train_model: torch.nn.Module  # `model`, its DDP wrapper and/or torch.compile: training's
     ema: AveragedModel | None
     ema_updates: list[int]  # the EMA's update counter (see make_ema)
     optimizer: torch.optim.Optimizer
@@ -265,6 +265,10 @@ def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> Tra
             device_ids=[compute.device.index] if cuda else None,
             find_unused_parameters=bool(tc.find_unused_parameters),
         )
+    if tc.get("compile"):
+        # Only the training forward is compiled: `model` (and the EMA, a copy of it) stay plain
+        # modules, so checkpoints, validation and prediction never see `_orig_mod.` keys.
+        train_model = torch.compile(train_model)
     optimizer = build_optimizer(cfg.optimizer, model)
     # From this config also on resume (a checkpoint keeps the scheduler's step count, not this
     # function), so a run resumed with a larger trainer.max_epochs gets the longer schedule.
@@ -275,6 +279,8 @@ def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> Tra
     loss_fn = build_loss(cfg.loss, data.competition.task)
     if data.pseudo is not None:
         loss_fn = MixedLoss(loss_fn, float(cfg.pseudo_weight))
+    if getattr(model, "has_empty_head", False):  # outermost: it splits the model's output
+        loss_fn = EmptyHeadLoss(loss_fn, float(cfg.loss.get("aux_weight", 0.5)))
     return TrainState(
         model, train_model, ema, ema_updates, optimizer, scheduler, scaler, loss_fn, compute
     )
@@ -361,9 +367,9 @@ def make_checkpoint(run: TrainState, cfg: DictConfig) -> dict:
 def restore_checkpoint(path: Path, run: TrainState) -> None:
     """Load a `make_checkpoint` file into `run`, the RNG states included."""
     checkpoint = load_checkpoint(path, map_location=run.compute.device)
-    run.model.load_state_dict(checkpoint["model"])
+    run.model.load_state_dict(strip_compile_prefix(checkpoint["model"]))
     if run.ema is not None and checkpoint["ema"] is not None:
-        run.ema.load_state_dict(checkpoint["ema"])
+        run.ema.load_state_dict(strip_compile_prefix(checkpoint["ema"]))
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])

@@ -7,7 +7,8 @@ A training run (`podium train`):
     checkpoints/best.pt      RNG states, progress); best = best validation score
     metrics.csv            one row per epoch
     tb/                    TensorBoard events
-    oof.npz                out-of-fold probabilities of the best epoch (uint8 p*255) and targets
+    oof.npz                out-of-fold probabilities of the best epoch (uint8 p*255) and targets,
+                           and the image-level head's P(mask not empty) when the model has one
     summary.json           the run's facts for the ledger and write-ups
     tuned/<ensemble>.json  what `podium tune` chose for an ensemble holding this run (the name
                            is a digest of the ensemble's run folders): `podium predict` on the
@@ -68,6 +69,7 @@ __all__ = [
     "quantize",
     "write_oof",
     "read_oof",
+    "read_oof_nonempty",
     "append_metrics",
     "resolve_runs",
     "record_tuning",
@@ -242,9 +244,16 @@ def quantize(probs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     return np.rint(probs * 255.0).astype(np.uint8)
 
 
-def write_oof(run_dir: Path, ids: Sequence[str], probs: Sequence, masks: Sequence) -> None:
-    """oof.npz: `ids`, and per image `prob_<i>` (uint8 CxHxW, p*255) and `mask_<i>` (the target
-    at the same size). Streamed into the zip, then renamed into place."""
+def write_oof(
+    run_dir: Path,
+    ids: Sequence[str],
+    probs: Sequence,
+    masks: Sequence,
+    nonempty: Sequence[float] | None = None,
+) -> None:
+    """oof.npz: `ids`, and per image `prob_<i>` (uint8 CxHxW, p*255), `mask_<i>` (the target
+    at the same size) and, from a model with the image-level head, `nonempty_<i>` (float32
+    P(the mask is not empty)). Streamed into the zip, then renamed into place."""
     with (
         io.atomic_write(Path(run_dir) / OOF, "wb") as f,
         zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf,
@@ -252,6 +261,11 @@ def write_oof(run_dir: Path, ids: Sequence[str], probs: Sequence, masks: Sequenc
         arrays = {"ids": np.array(list(ids))}
         for i, (p, m) in enumerate(zip(probs, masks, strict=True)):
             arrays[f"prob_{i}"], arrays[f"mask_{i}"] = p, m
+        if nonempty is not None:
+            if len(nonempty) != len(arrays["ids"]):
+                raise ValueError(f"{len(nonempty)} non-empty probabilities for {len(ids)} ids")
+            for i, value in enumerate(nonempty):
+                arrays[f"nonempty_{i}"] = np.float32(value)
         for name, array in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
@@ -265,6 +279,19 @@ def read_oof(run_dir: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     with np.load(path, allow_pickle=False) as oof:
         for i, image_id in enumerate(oof["ids"].tolist()):
             yield str(image_id), oof[f"prob_{i}"], oof[f"mask_{i}"]
+
+
+def read_oof_nonempty(run_dir: Path) -> dict[str, float]:
+    """Image id -> the image-level head's out-of-fold P(the mask is not empty); empty for a run
+    without the head (and for oof.npz files written before podium had it)."""
+    path = Path(run_dir) / OOF
+    if not path.is_file():
+        raise PodiumError(f"{path}: no out-of-fold predictions (trainer.save_oof=false?)")
+    with np.load(path, allow_pickle=False) as oof:
+        if "nonempty_0" not in oof.files:
+            return {}
+        ids = oof["ids"].tolist()
+        return {str(image_id): float(oof[f"nonempty_{i}"]) for i, image_id in enumerate(ids)}
 
 
 # -- which runs -------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ TTA_SETS = ("none", "hflip", "vflip", "flip", "d4")  # podium.infer.TTA_SETS
 AUGMENT_PRESETS = ("none", "light", "medium", "heavy")  # podium.data.build_transforms
 LOSS_TERMS = ("bce", "dice", "lovasz", "focal")  # podium.losses.build_loss
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # podium.models.resolve_precision
+AUX_HEADS = ("none", "empty")  # podium.models.AUX_HEADS
 SEEDS = Int(min=0, max=2**32 - 1)  # numpy's and scikit-learn's seed range
 PROBABILITY = Float(ge=0, le=1)
 HEIGHT_WIDTH = ListOf(Int(min=1), length=2, what="[H, W], two integers >= 1")
@@ -75,6 +76,7 @@ RUNS = {  # configs/predict.yaml and tune.yaml: which runs, and tune's search
     "search.thresholds": "auto" | ListOf(PROBABILITY, min_len=1),
     "search.min_areas": "auto" | ListOf(Float(ge=0), min_len=1),
     "search.empty_areas": "auto" | ListOf(Float(ge=0), min_len=1),
+    "search.empty_gates": "auto" | ListOf(PROBABILITY, min_len=1),
     "search.rounds": Int(min=1),
     "limit_test_images": Int(min=1) | None,  # configs/predict.yaml
 }
@@ -94,6 +96,7 @@ INFER = {  # configs/infer/default.yaml (top-level keys)
     "threshold": PROBABILITY,
     "min_area": Float(ge=0),
     "empty_area": Float(ge=0),
+    "empty_gate": PROBABILITY | None,
     "tile_size": Int(min=1) | None,
     "tile_overlap": Float(ge=0, lt=1),
     "num_workers": WORKERS,
@@ -250,11 +253,14 @@ MODEL = {  # configs/model/
     "model.pad_value": Float(),
     "model.mean": ListOf(Float(), min_len=1),
     "model.std": ListOf(Float(gt=0), min_len=1),
+    "model.aux_head": OneOf(*AUX_HEADS),
+    "model.aux_dropout": Float(ge=0, lt=1),
     "model.kwargs": Open() | None,
 }
 LOSS = {  # configs/loss/
     "loss.name": Str(),
     "loss.weights": MapOf(Float(ge=0), keys=LOSS_TERMS),
+    "loss.aux_weight": Float(ge=0),
     "loss.dice.reduction": OneOf("batch", "image"),
     "loss.dice.smooth": Float(ge=0),
     "loss.lovasz.per_image": Bool(),
@@ -295,6 +301,7 @@ TRAINER = {  # configs/trainer/default.yaml
     "trainer.num_workers": WORKERS,
     "trainer.val_every": Int(min=1),
     "trainer.early_stopping": Int(min=1) | None,
+    "trainer.compile": Bool(),
     "trainer.deterministic": Bool(),
     "trainer.threshold": PROBABILITY,
     "trainer.log_every": Int(min=1),

@@ -36,8 +36,10 @@ from podium.io import PodiumError
 from podium.models import (
     autocast,
     binarize,
+    join_output,
     probabilities,
     resolve_device,
+    split_output,
     to_input,
 )
 from podium.pseudo_data import batch_extras
@@ -176,7 +178,7 @@ def save_epoch(
         save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "best"))
         if improved and cfg.trainer.save_oof:
             ids = [s.id for s in data.val_set.samples]
-            rundir.write_oof(run_dir, ids, result["probs"], result["masks"])
+            rundir.write_oof(run_dir, ids, result["probs"], result["masks"], result["nonempty"])
     # A kill after this resumes here.
     save_checkpoint(checkpoint, rundir.checkpoint_path(run_dir, "last"))
 
@@ -381,10 +383,18 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def ddp_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The training forward pass; DDP's unused-parameter failure becomes a one-line fix."""
+    """The training forward pass; DDP's unused-parameter failure, and a torch.compile that
+    cannot build its kernels here, become a one-line fix."""
     try:
         return model(images)
     except RuntimeError as e:
+        if _is_compile_failure(e):
+            cause = getattr(e, "inner_exception", None) or e  # what the compiler raised
+            lines = str(cause).strip().splitlines() or [""]
+            raise PodiumError(
+                f"trainer.compile=true: torch.compile cannot compile the model on this machine "
+                f"({type(cause).__name__}: {lines[0][:200]}); set trainer.compile=false"
+            ) from None
         if "find_unused_parameters" not in str(e):
             raise
         raise PodiumError(
@@ -392,6 +402,13 @@ def ddp_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
             "model.kwargs.encoder_depth), which DDP cannot reduce: set "
             "trainer.find_unused_parameters=true"
         ) from None
+
+
+def _is_compile_failure(error: BaseException) -> bool:
+    """Whether `error` comes from torch.compile's compiler (a missing C compiler, Triton...)."""
+    from torch._dynamo.exc import BackendCompilerFailed  # here: importing Dynamo takes a while
+
+    return isinstance(error, BackendCompilerFailed)
 
 
 @torch.inference_mode()
@@ -417,25 +434,30 @@ def validate(
     loader = make_loader(subset, int(cfg.trainer.batch_size), workers)
     device, competition = compute.device, dataset.competition
     threshold, task = float(cfg.trainer.threshold), competition.task
-    scores, arrays = [], []  # (dataset index, score, loss), (dataset index, probs, mask) uint8
+    # (dataset index, score, loss), (dataset index, probs uint8, mask, P(not empty) or None)
+    scores, arrays = [], []
     for batch in loader:
         images = to_input(batch["image"], model, device, compute.memory_format)
         with autocast(device, compute.precision):
-            logits = model(images)
+            logits, nonempty = split_output(model(images))
         logits = logits.float()
+        nonempty = None if nonempty is None else nonempty.float()
         masks = batch["mask"]
         probs = probabilities(logits, task).cpu().numpy()
+        nonempty_probs = None if nonempty is None else nonempty.sigmoid().cpu().numpy()
         pairs = zip(batch["index"].tolist(), batch["sizes"].tolist(), strict=True)
         for j, (index, (h, w)) in enumerate(pairs):
             p = probs[j, :, :h, :w]
             target = masks[j, ..., :h, :w].numpy()
-            loss = float(
-                loss_fn(logits[j : j + 1, :, :h, :w], masks[j : j + 1, ..., :h, :w].to(device))
+            output = join_output(
+                logits[j : j + 1, :, :h, :w], None if nonempty is None else nonempty[j : j + 1]
             )
+            loss = float(loss_fn(output, masks[j : j + 1, ..., :h, :w].to(device)))
             truth = target[0] if task == "binary" else target
             score = competition.score_image(binarize(p, task, threshold), truth)
             scores.append((index, score, loss))
-            arrays.append((index, quantize(p), target.astype(np.uint8)))
+            present = None if nonempty_probs is None else float(nonempty_probs[j])
+            arrays.append((index, quantize(p), target.astype(np.uint8), present))
     gathered = sorted(item for part in dist.all_gather_objects(scores) for item in part)
     if [r[0] for r in gathered] != list(range(len(dataset))):
         raise RuntimeError(f"validation covered {len(gathered)} of {len(dataset)} images")
@@ -447,6 +469,8 @@ def validate(
         "scores": [r[1] for r in gathered],
         "probs": [a[1] for a in images],
         "masks": [a[2] for a in images],
+        # the image-level head's P(mask not empty) per image; None without the head
+        "nonempty": [a[3] for a in images] if images and images[0][3] is not None else None,
     }
 
 

@@ -110,7 +110,7 @@ def _facts_from_config(c: dict, records: list[dict]) -> dict[str, str]:
     if m.get("kwargs"):
         architecture += f", arguments {m['kwargs']}"
     size_text = f"resized to {size[0]}×{size[1]}" if size else "native image size"
-    return {
+    facts = {
         "Architecture": architecture,
         "Encoder": f"`{m['encoder']}`, {pretraining(m.get('encoder_weights'))}",
         "Input": f"{size_text}, {comp.get('in_channels')} channels, normalised with mean "
@@ -129,6 +129,19 @@ def _facts_from_config(c: dict, records: list[dict]) -> dict[str, str]:
         f"threshold {t.get('threshold')}; {comp.get('n_folds')} folds (folds_seed "
         f"{comp.get('folds_seed')}), groups kept within a fold",
     }
+    if m.get("aux_head") == "empty":
+        facts["Empty-mask head"] = _empty_head_text(m, c["loss"])
+    return facts
+
+
+def _empty_head_text(m: dict, loss: dict) -> str:
+    return (
+        f"an image-level head on the encoder's deepest features (smp `aux_params`: pooling, "
+        f"dropout {m.get('aux_dropout')}, one linear output) predicting whether the mask is "
+        f"empty, trained jointly with BCE at weight {loss.get('aux_weight')} added to the "
+        f"segmentation loss; its out-of-fold probability lets `podium tune` decide whether, "
+        f"and below which probability, a predicted mask is emptied"
+    )
 
 
 def _optimizer_text(o: dict) -> str:
@@ -215,7 +228,10 @@ def _ensemble_text(results: Results, listed: Iterable[Any]) -> str:
 
 def _postprocess_text(pp: dict) -> str:
     """{"threshold": 0.45, "min_area": 12.0} -> 'threshold 0.45, min_area 12'."""
-    shown = (f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in pp.items())
+    shown = (
+        f"{k} {v:g}" if isinstance(v, float) else f"{k} {'off' if v is None else v}"
+        for k, v in pp.items()
+    )
     return ", ".join(shown)
 
 
