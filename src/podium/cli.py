@@ -43,10 +43,10 @@ _COMMAND_TABLE = """
 download      tools   podium.download:download_command    -   get a competition's data
 doctor        tools   podium.doctor:doctor_command        -   check the data first (exits 0)
 train         train   podium.launch:main                  run train one model (a fold, a seed)
-tune          tune    podium.tune:tune_command            run tune post-processing on OOF
-predict       predict podium.infer:predict_command        run ensemble runs on the test set
-validate      tools   podium.submission:validate_command  -   check a submission file
-score         tools   podium.submission:score_command     -   score a submission locally
+tune          tune    podium.tasks:tune_command           run tune post-processing on OOF
+predict       predict podium.tasks:predict_command        run ensemble runs on the test set
+validate      tools   podium.tasks:validate_command       -   check a submission file
+score         tools   podium.tasks:score_command          -   score a submission locally
 submit        tools   podium.kaggle:submit_command        -   check, then submit a file or kernel
 submissions   tools   podium.kaggle:submissions_command   -   your Kaggle submissions
 leaderboard   tools   podium.kaggle:leaderboard_command   -   the Kaggle leaderboard
