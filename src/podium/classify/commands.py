@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from podium.datacheck import require_clean_data
 from podium.infer import find_tuned, tta_views
 from podium.io import PodiumError
 from podium.models import predict_logits, resolve_device, resolve_precision
+from podium.submission import print_verdict
 from podium.tune import oof_from_files
 
 log = logging.getLogger(__name__)
@@ -219,11 +221,11 @@ def validate_command(cfg: DictConfig) -> int:
         train = competition.train_samples()
         counts = sum(competition.read_labels(s) for s in train)
         test = [s.id for s in competition.test_samples()]
-        probe = Path(cfg.paths.runs_dir) / competition.name / ".validate-probe.csv"
         uniform = np.full((len(test), len(competition.classes)), 0.6, np.float32)
-        competition.write_predictions(probe, test, uniform, [0.5] * len(competition.classes))
-        problems = competition.validate_file(probe)
-        probe.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory() as folder:  # a submission of every test image
+            probe = Path(folder) / "submission.csv"
+            competition.write_predictions(probe, test, uniform, [0.5] * len(competition.classes))
+            problems = competition.validate_file(probe)
         if problems:
             raise PodiumError(f"competition {competition.name}: a written submission is invalid: "
                               f"{problems[0]}")  # fmt: skip
@@ -235,14 +237,7 @@ def validate_command(cfg: DictConfig) -> int:
         )
         return 0
     path = Path(cfg.file)
-    problems = competition.validate_file(path)
-    if problems:
-        for problem in problems:
-            print(f"{path}: {problem}")
-        print(f"{path}: INVALID ({len(problems)} problems shown)")
-        return 1
-    print(f"{path}: valid submission for {competition.name}")
-    return 0
+    return print_verdict(path, competition.validate_file(path), competition.name)
 
 
 def score_command(cfg: DictConfig) -> int:

@@ -4,15 +4,18 @@ and validation (the competition metric over the fold, out-of-fold probabilities 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import albumentations as A
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from podium import distributed as dist
 from podium.classify import scoring
+from podium.classify.labels import ClassificationCompetition
 from podium.classify.model import class_probabilities
+from podium.competition import Sample
 from podium.data import SegmentationDataset, make_loader, resolve_num_workers
 from podium.models import autocast, to_input
 from podium.rundir import quantize
@@ -25,7 +28,14 @@ class ClassificationDataset(SegmentationDataset):
     dataset's images and seeded augmentation (a pure function of seed, epoch and index), with
     the sample's label vector instead of a mask (none when `with_labels=False`: test images)."""
 
-    def __init__(self, competition, samples, transform=None, with_labels=True, seed=0):
+    def __init__(
+        self,
+        competition: ClassificationCompetition,
+        samples: Sequence[Sample],
+        transform: A.Compose | None = None,
+        with_labels: bool = True,
+        seed: int = 0,
+    ):
         super().__init__(competition, samples, transform, with_masks=False, seed=seed)
         self.with_labels = with_labels
 
