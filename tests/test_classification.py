@@ -25,6 +25,7 @@ from podium.classify.model import (
     build_classifier,
     load_classifier_run,
 )
+from podium.competition import load_competition
 from podium.config import ConfigError, compose_config
 from podium.io import PodiumError
 
@@ -188,6 +189,43 @@ def test_the_cli_says_it_in_one_line_and_writes_nothing(tmp_path):
         "use loss=bce, ce or focal"
     )
     assert not any(tmp_path.iterdir())
+
+
+def test_validate_names_each_bad_row_of_a_probability_submission(tmp_path):
+    cfg = compose_config("tools", [
+        f"competition={PLANET}", f"paths.data_dir={tmp_path}",
+        f"competition.classes=[{','.join(WEATHER)}]",
+        "competition.classification.multi_label=false",
+        "competition.classification.format=probabilities",
+    ])  # fmt: skip
+    competition = load_competition(cfg)
+    data = tmp_path / PLANET
+    data.mkdir()
+    ids = ["test_0", "test_1", "test_2", "file_0"]
+    (data / "sample_submission_v2.csv").write_text(
+        "image_name,tags\n" + "".join(f"{i},clear\n" for i in ids)
+    )
+    assert [s.image.parent.name for s in competition.test_samples()] == [
+        "test-jpg", "test-jpg", "test-jpg", "test-jpg-additional",
+    ]  # fmt: skip
+    good = tmp_path / "good.csv"
+    probs = np.array([[0.7, 0.1, 0.1, 0.1]] * 4, np.float32)
+    competition.write_predictions(good, ids, probs, [0.5] * 4)
+    assert competition.validate_file(good) == []
+    bad = tmp_path / "bad.csv"
+    header = "image_name,clear,haze,partly_cloudy,cloudy\n"
+    bad.write_text(header + "test_0,1.2,0,0,0\ntest_1,abc,0,0,0\ntest_1,1,0,0,0\nother,1,0,0,0\n")
+    assert competition.validate_file(bad) == [
+        "row 2: clear=1.2 is not a probability in [0, 1]",
+        "row 3: clear='abc' is not a number",
+        "row 4: id test_1 is listed twice",
+        "2 test images have no row (first: test_2)",
+        "1 rows are not test images (first: other)",
+    ]
+    bad.write_text("image_name,tags\ntest_0,clear\n")
+    assert competition.validate_file(bad) == [
+        "header is image_name,tags; expected image_name,clear,haze,partly_cloudy,cloudy"
+    ]
 
 
 # -- the loop on generated data ----------------------------------------------------------------

@@ -122,9 +122,9 @@ class ClassificationCompetition(Competition):
 
     def read_submission(
         self, path: Path, max_problems: int = 20
-    ) -> tuple[dict[str, np.ndarray], list[str]]:
-        """({id: C values}, problems) of a submission file: tags as {0, 1}, or probabilities.
-        Problems name the row; reading stops after `max_problems`."""
+    ) -> tuple[dict[str, np.ndarray | None], list[str]]:
+        """({id: C values}, problems) of a submission file: tags as {0, 1}, or probabilities
+        (None for a row with a problem). Problems name the row; at most `max_problems`."""
         rows = io.read_csv_rows(path)
         header = list(rows[0]) if rows else _header(path)
         problems: list[str] = []
@@ -134,8 +134,6 @@ class ClassificationCompetition(Competition):
         values: dict[str, np.ndarray] = {}
         id_column = self.submission.id_column
         for row in rows:
-            if len(problems) >= max_problems:
-                break
             where = f"row {row.origin.row}"
             image_id = row[id_column]
             if image_id in values:
@@ -144,8 +142,9 @@ class ClassificationCompetition(Competition):
             try:
                 values[image_id] = self._row_values(row, where)
             except PodiumError as e:
+                values[image_id] = None
                 problems.append(str(e))
-        return values, problems
+        return values, problems[:max_problems]
 
     def _row_values(self, row: dict, where: str) -> np.ndarray:
         if self.format == "tags":
@@ -167,7 +166,7 @@ class ClassificationCompetition(Competition):
         if not Path(path).is_file():
             return [f"{path}: file not found"]
         values, problems = self.read_submission(Path(path), max_problems)
-        if problems:
+        if problems and not values:  # a wrong header: no row was read
             return problems
         expected = [s.id for s in self.test_samples()]
         missing = [i for i in expected if i not in values]
@@ -176,7 +175,7 @@ class ClassificationCompetition(Competition):
             problems.append(f"{len(missing)} test images have no row (first: {missing[0]})")
         if extra:
             problems.append(f"{len(extra)} rows are not test images (first: {extra[0]})")
-        return problems
+        return problems[:max_problems]
 
     def score_file(self, path: Path, solution: Path) -> tuple[float, int]:
         """(score, images) of a valid submission against a solution in the tags format."""
