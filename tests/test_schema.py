@@ -159,9 +159,25 @@ def shipped_configs() -> list[tuple[str, list[str]]]:
     ]
     for group, options in group_options().items():
         command = {"infer": "tune", "search": "search"}.get(group, "train")
-        configs += [(command, [f"{group}={option}"]) for option in options]
-    configs += [("train", [f"competition={name}"]) for name in competition_folders()]
+        for option in options:
+            # A classification-only option is composed with a classification competition.
+            with_task = CLASSIFICATION if option in CLASSIFICATION_ONLY.get(group, ()) else []
+            configs.append((command, [f"{group}={option}", *with_task]))
+    for name in competition_folders():
+        task = OmegaConf.load(ROOT / "competitions" / name / "competition.yaml").get("task")
+        with_task = ["model=timm_classifier", "loss=bce"] if task == "classification" else []
+        configs.append(("train", [f"competition={name}", *with_task]))
     return configs
+
+
+# Options that belong to classification tasks only, and a classification setup to compose them in.
+CLASSIFICATION_ONLY = {"model": ("timm_classifier",), "loss": ("ce",)}
+CLASSIFICATION = [
+    "competition=planet-understanding-the-amazon-from-space",
+    "model=timm_classifier",
+    "loss=bce",
+    "competition.classification.multi_label=false",
+]
 
 
 @functools.cache
@@ -218,13 +234,20 @@ def test_the_tables_name_what_the_code_knows():
     import torch
 
     from podium import data, infer, losses, models, run_state
+    from podium.classify.model import ARCH, build_classification_loss
+
+    assert schema.CLASSIFIER_ARCH == ARCH
 
     assert set(schema.TTA_SETS) == set(infer.TTA_SETS)
     assert set(schema.AUX_HEADS) == set(models.AUX_HEADS)
     assert set(schema.AUGMENT_PRESETS) == set(data._PRESETS)
     loss = OmegaConf.to_container(compose_config("train").loss)
-    for term in schema.LOSS_TERMS:  # each builds alone
-        losses.build_loss(OmegaConf.create({**loss, "weights": {term: 1.0}}), "binary")
+    for term in schema.LOSS_TERMS:  # each builds alone, for the tasks it is allowed on
+        alone = OmegaConf.create({**loss, "weights": {term: 1.0}})
+        if term not in schema.CLASSIFICATION_ONLY_TERMS:
+            losses.build_loss(alone, "binary")
+        if term not in schema.SEGMENTATION_ONLY_TERMS:
+            build_classification_loss(alone, multi_label=term != "ce")
     for precision in schema.PRECISIONS:
         models.resolve_precision(precision, torch.device("cpu"))
     model = torch.nn.Linear(2, 1)

@@ -47,11 +47,11 @@ doctor        tools   podium.doctor:doctor_command        -   check the data fir
 estimate      train   podium.estimate:estimate_command    args cost of a run, -m sweep, predict
 train         train   podium.launch:main                  run train one model (a fold, a seed)
 search        search  podium.search:search_command        run search hyper-parameters (Optuna)
-tune          tune    podium.tune:tune_command            run tune post-processing on OOF
-predict       predict podium.infer:predict_command        run ensemble runs on the test set
+tune          tune    podium.tasks:tune_command           run tune post-processing on OOF
+predict       predict podium.tasks:predict_command        run ensemble runs on the test set
 pseudo        pseudo  podium.pseudo:pseudo_command        -   pseudo-label unlabelled images
-validate      tools   podium.submission:validate_command  -   check a submission file
-score         tools   podium.submission:score_command     -   score a submission locally
+validate      tools   podium.tasks:validate_command       -   check a submission file
+score         tools   podium.tasks:score_command          -   score a submission locally
 submit        tools   podium.kaggle:submit_command        -   check, then submit a file or kernel
 submissions   tools   podium.kaggle:submissions_command   -   your Kaggle submissions
 leaderboard   tools   podium.kaggle:leaderboard_command   -   the Kaggle leaderboard

@@ -39,7 +39,7 @@ from podium.rle import RleError, rle_decode, rle_encode
 
 __all__ = ["Sample", "SubmissionFormat", "Competition", "RowTarget", "load_competition"]
 
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = ("binary", "multiclass", "multilabel", "classification")
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,15 @@ class Competition:
         colours = OmegaConf.to_container(colours) if OmegaConf.is_config(colours) else colours
         classes = len(self.classes) if self.task == "multiclass" else 2
         self.mask_colours = masks.check_mask_convention(self.mask_encoding, colours, classes, where)
-        if cfg.metric != "adapter" and cfg.metric not in metrics.METRICS:
+        # A classification adapter (podium.classify.labels) checks its own metrics.
+        segmentation = self.task != "classification"
+        if segmentation and cfg.metric != "adapter" and cfg.metric not in metrics.METRICS:
             raise PodiumError(
                 f"competition {self.name}: unknown metric '{cfg.metric}' "
                 f"(known: {', '.join(metrics.METRICS)}, or 'adapter')"
             )
-        self.metric_fn = None if cfg.metric == "adapter" else metrics.get_metric(cfg.metric)
+        known = segmentation and cfg.metric != "adapter"
+        self.metric_fn = metrics.get_metric(cfg.metric) if known else None
 
     # -- what adapters implement -------------------------------------------------------------
     def train_samples(self) -> list[Sample]:

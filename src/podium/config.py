@@ -71,7 +71,8 @@ COMPETITION_DEFAULTS = {
     # (null: as many images as the local test set); `podium dryrun` extrapolates to them.
     "kernel_time_limit_h": 9,
     "hidden_test_images": None,
-    "task": "binary",  # binary | multiclass | multilabel
+    # segmentation: binary | multiclass | multilabel masks; image labels: classification
+    "task": "binary",
     "classes": ["foreground"],
     "metric": "dice",  # a name in podium.metrics.METRICS, or "adapter" (Adapter.score_image)
     "image_size": None,  # [H, W]: resize for training/validation; null keeps the native size
@@ -89,6 +90,10 @@ COMPETITION_DEFAULTS = {
     "folds_seed": 42,
     "data_dir": "${paths.data_dir}/${.name}",
     "sample_submission": "sample_submission.csv",
+    # task: classification only (podium.classify.labels): one or any number of classes per
+    # image, fbeta's beta, and the submission: tags (id,<mask_column> with space-separated
+    # class names) or probabilities (one column per class)
+    "classification": {"multi_label": True, "beta": 1.0, "format": "tags"},
     "submission": {
         "id_column": "id",
         "mask_column": "rle_mask",
@@ -152,7 +157,7 @@ def load_competition_yaml(config_file: Path) -> DictConfig:
     for key in own:
         if key not in base:
             raise ConfigError(f"{config_file}: unknown key '{key}' (known: {', '.join(base)})")
-    for section in ("submission", "download"):
+    for section in ("submission", "download", "classification"):
         for key in own.get(section, {}) or {}:
             if key not in base[section]:
                 raise ConfigError(f"{config_file}: unknown key '{section}.{key}'")

@@ -180,6 +180,8 @@ def pad_collate(items: list[dict]) -> dict:
         for i, t in enumerate(tensors):
             out[i, ..., : t.shape[-2], : t.shape[-1]] = t
         batch[key] = out
+    if "labels" in items[0]:  # classification: one label vector per image, nothing to pad
+        batch["labels"] = torch.stack([item["labels"] for item in items])
     return batch
 
 

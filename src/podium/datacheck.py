@@ -230,6 +230,8 @@ def _check_mask(competition: Competition, sample: Sample, shape: tuple[int, int]
         if isinstance(source, Path):
             io.verify_image_file(source, "mask")
     target = competition.read_mask(sample, shape)
+    if competition.task == "classification":  # a label vector, read (and checked) above
+        return
     if tuple(target.shape[-2:]) != tuple(shape):
         raise PodiumError(
             f"{sample.origin or sample.image}: mask size {target.shape[-1]}x{target.shape[-2]} "

@@ -37,7 +37,7 @@ __all__ = [
     "SegmentationModel", "build_model", "load_encoder_weights", "pad_to_multiple",
     "resolve_device", "resolve_precision", "autocast", "to_input", "probabilities", "binarize",
     "load_run_model", "predict_logits", "predict_outputs", "split_output", "join_output",
-    "strip_compile_prefix", "AUX_HEADS",
+    "strip_compile_prefix", "AUX_HEADS", "read_state_dict", "checkpoint_weights",
 ]  # fmt: skip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -172,19 +172,7 @@ def load_encoder_weights(model: SegmentationModel, path: Path) -> int:
     under `encoder.model`), and whole-model files with an `encoder.` prefix. Classifier heads and
     other extra keys are ignored. Returns the number of tensors loaded.
     """
-    if not path.is_file():
-        raise PodiumError(f"model.encoder_weights: {path}: no such file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PodiumError(f"model.encoder_weights: {path}: cannot load ({e})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = read_state_dict(path)
     encoder = model.net.encoder
     wanted = encoder.state_dict()
     best: dict[str, torch.Tensor] = {}
@@ -208,6 +196,26 @@ def load_encoder_weights(model: SegmentationModel, path: Path) -> int:
     encoder.load_state_dict(best, strict=True)
     log.info("loaded %d/%d encoder tensors from %s", len(best), len(wanted), path)
     return len(best)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file (`model.encoder_weights=PATH`): a `.safetensors`
+    file, or a torch file holding a state dict (or {"state_dict": ...}), loaded without running
+    any code. A missing or unreadable file is a one-line error."""
+    if not path.is_file():
+        raise PodiumError(f"model.encoder_weights: {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PodiumError(f"model.encoder_weights: {path}: cannot load ({e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
 
 
 @contextlib.contextmanager
@@ -313,12 +321,16 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", weights: str = "ema"
     model_cfg = OmegaConf.merge(cfg.model, {"encoder_weights": None})
     competition_outputs = 1 if cfg.competition.task == "binary" else len(cfg.competition.classes)
     model = build_model(model_cfg, competition_outputs, int(cfg.competition.in_channels))
-    if weights == "ema" and saved.get("ema") is not None:
-        state = {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
-    else:
-        state = saved["model"]
-    model.load_state_dict(strip_compile_prefix(state))
+    model.load_state_dict(strip_compile_prefix(checkpoint_weights(saved, weights)))
     return model.eval(), cfg
+
+
+def checkpoint_weights(saved: dict, weights: str = "ema") -> dict[str, torch.Tensor]:
+    """The model state dict of a loaded checkpoint: its EMA's (`weights="ema"`, when it has
+    one) or the raw model's."""
+    if weights == "ema" and saved.get("ema") is not None:
+        return {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
+    return saved["model"]
 
 
 _COMPILE_PREFIX = re.compile(r"(^|\.)_orig_mod\.")

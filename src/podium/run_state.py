@@ -27,6 +27,9 @@ from torch.optim.swa_utils import AveragedModel
 
 import podium
 from podium import distributed as dist
+from podium.classify.model import ARCH as CLASSIFIER_ARCH
+from podium.classify.model import build_classification_loss, build_classifier
+from podium.classify.training import ClassificationDataset
 from podium.competition import Competition, load_competition
 from podium.data import (
     SegmentationDataset,
@@ -222,10 +225,12 @@ def load_data(cfg: DictConfig) -> TrainData:
     if tc.get("limit_val_images"):  # debug: one short validation pass
         val_samples = val_samples[: int(tc.limit_val_images)]
     size = cfg.competition.image_size
+    # The task's dataset: masks, or label vectors (podium.classify).
+    dataset = ClassificationDataset if competition.task == "classification" else SegmentationDataset
     train_transform = build_transforms(cfg.augment, size, train=True)
-    train_set = SegmentationDataset(competition, train_samples, train_transform, seed=int(cfg.seed))
+    train_set = dataset(competition, train_samples, train_transform, seed=int(cfg.seed))
     val_transform = build_transforms(cfg.augment, size, train=False)
-    val_set = SegmentationDataset(competition, val_samples, val_transform)
+    val_set = dataset(competition, val_samples, val_transform)
     workers = resolve_num_workers(tc.num_workers, processes=dist.local_world_size())
     batch_size, accumulate = int(tc.batch_size), int(tc.accumulate)
     steps_per_epoch = len(train_set) // (batch_size * dist.world_size())
@@ -251,7 +256,7 @@ def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> Tra
     """The model on its device (with synced BatchNorm if asked), its EMA and DDP wrapper, the
     optimizer, LR schedule, gradient scaler and loss."""
     tc = cfg.trainer
-    model = build_model(cfg.model, data.competition.num_outputs, int(cfg.competition.in_channels))
+    model = build_network(cfg, data.competition)
     model = model.to(device=compute.device, memory_format=compute.memory_format)
     if tc.sync_batchnorm and dist.world_size() > 1:
         model = dist.convert_sync_batchnorm(model)
@@ -276,7 +281,10 @@ def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> Tra
     schedule = lr_schedule(cfg.scheduler, max(1, per_epoch * int(tc.max_epochs)), per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
-    loss_fn = build_loss(cfg.loss, data.competition.task)
+    if data.competition.task == "classification":
+        loss_fn = build_classification_loss(cfg.loss, data.competition.multi_label)
+    else:
+        loss_fn = build_loss(cfg.loss, data.competition.task)
     if data.pseudo is not None:
         loss_fn = MixedLoss(loss_fn, float(cfg.pseudo_weight))
     if getattr(model, "has_empty_head", False):  # outermost: it splits the model's output
@@ -284,6 +292,15 @@ def build_train_state(cfg: DictConfig, data: TrainData, compute: Compute) -> Tra
     return TrainState(
         model, train_model, ema, ema_updates, optimizer, scheduler, scaler, loss_fn, compute
     )
+
+
+def build_network(cfg: DictConfig, competition: Competition) -> torch.nn.Module:
+    """The task's model: a segmentation network (podium.models), or an image classifier
+    (podium.classify.model) for `task: classification`."""
+    outputs, channels = competition.num_outputs, int(cfg.competition.in_channels)
+    if cfg.model.arch == CLASSIFIER_ARCH:
+        return build_classifier(cfg.model, outputs, channels)
+    return build_model(cfg.model, outputs, channels)
 
 
 def make_ema(model: torch.nn.Module, decay: float, warmup: bool, counter: list[int]):

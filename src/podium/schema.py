@@ -26,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from podium.classify.scoring import METRICS as CLASSIFICATION_METRICS
 from podium.metrics import METRICS
 from podium.rules import (
     Bool,
@@ -50,7 +51,10 @@ __all__ = ["SCHEMA", "CROSS_KEY_RULES", "Settings", "first_problem", "unchecked_
 # Names the code knows (tests/test_schema.py checks each against the code that uses it).
 TTA_SETS = ("none", "hflip", "vflip", "flip", "d4")  # podium.infer.TTA_SETS
 AUGMENT_PRESETS = ("none", "light", "medium", "heavy")  # podium.data.build_transforms
-LOSS_TERMS = ("bce", "dice", "lovasz", "focal")  # podium.losses.build_loss
+LOSS_TERMS = ("bce", "dice", "lovasz", "focal", "ce")  # podium.losses, podium.classify.model
+SEGMENTATION_ONLY_TERMS = ("dice", "lovasz")
+CLASSIFICATION_ONLY_TERMS = ("ce",)
+CLASSIFIER_ARCH = "timm_classifier"  # podium.classify.model.ARCH
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # podium.models.resolve_precision
 AUX_HEADS = ("none", "empty")  # podium.models.AUX_HEADS
 SEEDS = Int(min=0, max=2**32 - 1)  # numpy's and scikit-learn's seed range
@@ -223,9 +227,12 @@ COMPETITION = {  # podium.config.COMPETITION_DEFAULTS: every competition.yaml
     "competition.dir": Path(),
     "competition.kaggle": Str("a Kaggle competition slug") | None,
     "competition.code_competition": Bool(),
-    "competition.task": OneOf("binary", "multiclass", "multilabel"),
+    "competition.task": OneOf("binary", "multiclass", "multilabel", "classification"),
     "competition.classes": ListOf(Text(), min_len=1, what="a non-empty list of class names"),
-    "competition.metric": OneOf(*METRICS, "adapter"),
+    "competition.metric": OneOf(*METRICS, *CLASSIFICATION_METRICS, "adapter"),
+    "competition.classification.multi_label": Bool(),
+    "competition.classification.beta": Float(gt=0),
+    "competition.classification.format": OneOf("tags", "probabilities"),
     "competition.image_size": HEIGHT_WIDTH | None,
     "competition.in_channels": Int(min=1),
     "competition.encoder_weights": Str("imagenet, another weights name or a path") | None,
@@ -246,7 +253,9 @@ COMPETITION = {  # podium.config.COMPETITION_DEFAULTS: every competition.yaml
     "competition.options": Open(),
 }
 MODEL = {  # configs/model/
-    "model.arch": Str("an smp architecture name"),
+    "model.arch": Str("an smp architecture name, or timm_classifier"),
+    "model.name": Str("a timm model name"),
+    "model.drop_rate": Float(ge=0, lt=1),
     "model.encoder": Str("an smp encoder name"),
     "model.encoder_weights": Str("imagenet, another weights name or a path") | None,
     "model.pad_mode": OneOf("reflect", "constant", "replicate"),
@@ -416,8 +425,46 @@ def _classes_of_the_task(s: Settings) -> str | None:
     key = f"{s.name('competition.classes')}={show(classes)}"
     if task == "binary" and len(classes) != 1:
         return f"{key}: expected 1 class for a binary task"
+    one_class = s.get("competition.classification.multi_label") is False
+    if task == "classification" and one_class and len(classes) < 2:
+        return f"{key}: expected 2 or more classes for a multi-class classification"
     if task == "multiclass" and len(classes) < 2:
         return f"{key}: expected 2 or more classes for a multiclass task (the first: background)"
+    return None
+
+
+def _metric_of_the_task(s: Settings) -> str | None:
+    task, metric = s.get("competition.task"), s.get("competition.metric")
+    if not s.has("competition.task", "competition.metric") or metric == "adapter":
+        return None
+    classification = task == "classification"
+    if classification != (metric in CLASSIFICATION_METRICS):
+        fits = ", ".join(CLASSIFICATION_METRICS if classification else METRICS)
+        return f"{s.name('competition.metric')}={metric}: not a metric of task {task} ({fits})"
+    return None
+
+
+def _model_and_loss_of_the_task(s: Settings) -> str | None:
+    """A segmentation loss or model on a classification task, or the reverse."""
+    task = s.get("competition.task")
+    if task is _ABSENT:
+        return None
+    classification = task == "classification"
+    arch, weights = s.get("model.arch"), s.get("loss.weights")
+    if arch is not _ABSENT and classification != (arch == CLASSIFIER_ARCH):
+        fix = "model=timm_classifier" if classification else "a segmentation model (model=unet)"
+        return f"model.arch={arch}: not a model for competition.task={task}; use {fix}"
+    if isinstance(weights, dict):
+        wrong = SEGMENTATION_ONLY_TERMS if classification else CLASSIFICATION_ONLY_TERMS
+        used = [term for term in wrong if weights.get(term)]
+        fix = "loss=bce, ce or focal" if classification else "a segmentation loss (loss=bce_dice)"
+        if used:
+            return f"loss.weights.{used[0]}: not a loss for competition.task={task}; use {fix}"
+        if classification and weights.get("ce") and s.get("competition.classification.multi_label"):
+            return (
+                "loss.weights.ce: cross-entropy needs one class per image, but "
+                "competition.classification.multi_label=true; use loss=bce or focal"
+            )
     return None
 
 
@@ -460,6 +507,8 @@ CROSS_KEY_RULES: list[Callable[[Settings], str | None]] = [
     key_bound("trainer.limit_train_batches", ">=", "trainer.accumulate", "else no optimizer step"),
     _one_statistic_per_channel,
     _classes_of_the_task,
+    _metric_of_the_task,
+    _model_and_loss_of_the_task,
     _one_weight_per_run_entry,
     _nesterov_with_momentum,
     _search_grid_and_pruner,

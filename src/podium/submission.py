@@ -491,13 +491,18 @@ def validate_command(cfg: DictConfig) -> int:
         )
         return 0
     path = Path(cfg.file)
-    problems = validate_submission(competition, path)
+    return print_verdict(path, validate_submission(competition, path), competition.name)
+
+
+def print_verdict(path: Path, problems: list[str], competition: str) -> int:
+    """`podium validate`'s output: each problem of the file at `path`, or that it is valid.
+    Returns the exit code (1: invalid)."""
     if problems:
         for problem in problems:
             print(f"{path}: {problem}")
         print(f"{path}: INVALID ({len(problems)} problems shown)")
         return 1
-    print(f"{path}: valid submission for {competition.name}")
+    print(f"{path}: valid submission for {competition}")
     return 0
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 import podium
 from podium import distributed as dist
 from podium import rundir, runlock
+from podium.classify.training import validate_classifier
 from podium.config import config_hash
 from podium.data import (
     SegmentationDataset,
@@ -130,13 +131,15 @@ def train_epochs(
     Returns the run's status."""
     tc = cfg.trainer
     max_epochs = int(tc.max_epochs)
+    classification = data.competition.task == "classification"
+    validate_fold = validate_classifier if classification else validate
     for epoch in range(run.progress.epoch, max_epochs):
         train_loss, seconds = train_epoch(run, data, cfg, epoch, records)
         clock.count_epoch(seconds, data.images_per_epoch)
         result = None
         validates = (epoch + 1) % int(tc.val_every) == 0 or epoch + 1 == max_epochs
         if validates and not data.full_data:
-            result = validate(run.eval_model, data.val_set, run.loss_fn, run.compute, cfg)
+            result = validate_fold(run.eval_model, data.val_set, run.loss_fn, run.compute, cfg)
         saved = dataclasses.replace(run.progress)  # what the checkpoints on disk hold
         improved = run.progress.end_epoch(result)
         if records is not None:  # rank 0
@@ -331,7 +334,8 @@ def forward_backward(
     """One micro-batch: its loss (divided by `accumulate`), backpropagated into the gradients."""
     device, precision = run.compute.device, run.compute.precision
     images = to_input(batch["image"], run.model, device, run.compute.memory_format)
-    masks = batch["mask"].to(device, non_blocking=True)
+    # The target: masks, or label vectors for a classification task.
+    masks = batch["labels" if "labels" in batch else "mask"].to(device, non_blocking=True)
     extras = batch_extras(batch, device)  # pseudo-labels: which images, soft targets, weights
     # Under DDP, only the last micro-batch of an accumulation all-reduces gradients
     # (no_sync must hold over both the forward and the backward pass).
