@@ -21,7 +21,6 @@ duplicate_groups.csv beside folds.csv, and folds then keep each cluster in one f
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from omegaconf import DictConfig
 from podium import dedup, io
 from podium.competition import Competition, Sample
 from podium.data import DUPLICATE_GROUPS, make_folds, read_duplicate_groups, read_folds
-from podium.doctor.facts import Entry
+from podium.doctor.facts import Entry, Pair
 from podium.doctor.figures import plot_pairs
 from podium.doctor.sections import Section, figure, plural
 from podium.io import PodiumError
@@ -57,22 +56,6 @@ _PAIR_COLUMNS = [
     "across_folds",
     "across_groups",
 ]
-
-
-@dataclass(eq=False)
-class Pair:
-    """Two images that look the same, and where they fall."""
-
-    a: Entry
-    b: Entry
-    distance: int  # hash bits apart
-    correlation: float  # of their grey thumbnails
-    exact: bool  # identical pixels
-    cluster: str  # the smallest id of the cluster the pair belongs to
-    fold_a: object = None  # the fold of a training image, else its split
-    fold_b: object = None
-    across_folds: bool = False
-    across_groups: bool = False  # two training images of different adapter groups
 
 
 def find_pairs(

@@ -273,3 +273,19 @@ def _save_cache(path: Path, signature: str, facts: list[Facts]) -> None:
         print(
             f"podium: cannot write the doctor's cache {path} ({e.strerror or e})", file=sys.stderr
         )
+
+
+@dataclass(eq=False)
+class Pair:
+    """Two images that look the same, and where they fall."""
+
+    a: Entry
+    b: Entry
+    distance: int  # hash bits apart
+    correlation: float  # of their grey thumbnails
+    exact: bool  # identical pixels
+    cluster: str  # the smallest id of the cluster the pair belongs to
+    fold_a: object = None  # the fold of a training image, else its split
+    fold_b: object = None
+    across_folds: bool = False
+    across_groups: bool = False  # two training images of different adapter groups

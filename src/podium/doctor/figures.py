@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from podium.competition import Competition
-    from podium.doctor.duplicates import Pair
-    from podium.doctor.facts import Entry, Facts
+    from podium.doctor.facts import Entry, Facts, Pair
 
 __all__ = ["plot_sizes", "plot_intensity", "plot_coverage", "plot_pairs"]
 
