@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from podium.classify.scoring import METRICS as CLASSIFICATION_METRICS
+from podium.masks import MASK_ENCODINGS
 from podium.metrics import METRICS
 from podium.rules import (
     Bool,
@@ -235,6 +236,9 @@ COMPETITION = {  # podium.config.COMPETITION_DEFAULTS: every competition.yaml
     "competition.classification.format": OneOf("tags", "probabilities"),
     "competition.image_size": HEIGHT_WIDTH | None,
     "competition.in_channels": Int(min=1),
+    "competition.mask_encoding": OneOf(*MASK_ENCODINGS),
+    "competition.mask_colours": ListOf(ListOf(Int(min=0, max=255), length=3), min_len=2) | None,
+    "competition.image_bit_depth": OneOf("auto") | Int(min=8, max=16),
     "competition.encoder_weights": Str("imagenet, another weights name or a path") | None,
     "competition.n_folds": Int(min=2),
     "competition.folds_seed": SEEDS,
