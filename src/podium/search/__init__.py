@@ -4,7 +4,7 @@ pins optuna<3 and can neither prune nor run trials in parallel: facebookresearch
 
 The study lives in its folder, `<paths.runs_dir>/<competition>/search/<search.name>/`: Optuna's
 JournalStorage file (`study.journal`, appended under a file lock, so any number of processes on
-this machine, or on machines sharing the folder, run trials of one study) and one run directory
+this machine run trials of one study) and one run directory
 per trial (`trial_007/`), a normal `podium train` run recorded in the ledger with its study and
 trial number. `search.workers` processes run trials at once; with GPUs each worker first leases
 one (podium.distributed's GPU leases, shared with `podium train trainer.gpus_per_job`): a trial
