@@ -35,6 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -128,6 +129,28 @@ def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
     out: list[Any] | None = [None] * world_size() if rank() == dst else None
     dist.gather_object(obj, out, dst=dst)
     return out
+
+
+def gather_validation(scores: Sequence[tuple], arrays: Sequence[tuple], total: int) -> dict:
+    """One validation pass's result from every rank's part: `scores` rows (index, score, loss)
+    gathered on every rank (each needs the score for best/early stopping), `arrays` rows
+    (index, probabilities, target[, P(not empty)]) on rank 0 only (what oof.npz holds).
+    Every index in 0..total-1 must come exactly once."""
+    gathered = sorted(item for part in all_gather_objects(list(scores)) for item in part)
+    if [r[0] for r in gathered] != list(range(total)):
+        raise RuntimeError(f"validation covered {len(gathered)} of {total} images")
+    parts = gather_objects(list(arrays))  # None on ranks other than 0
+    images = sorted((a for part in parts for a in part), key=lambda a: a[0]) if parts else []
+    with_head = bool(images) and len(images[0]) > 3 and images[0][3] is not None
+    return {
+        "score": float(np.mean([r[1] for r in gathered])),
+        "loss": float(np.mean([r[2] for r in gathered])),
+        "scores": [r[1] for r in gathered],
+        "probs": [a[1] for a in images],
+        "masks": [a[2] for a in images],
+        # the image-level head's P(mask not empty) per image; None without the head
+        "nonempty": [a[3] for a in images] if with_head else None,
+    }
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -462,20 +462,7 @@ def validate(
             scores.append((index, score, loss))
             present = None if nonempty_probs is None else float(nonempty_probs[j])
             arrays.append((index, quantize(p), target.astype(np.uint8), present))
-    gathered = sorted(item for part in dist.all_gather_objects(scores) for item in part)
-    if [r[0] for r in gathered] != list(range(len(dataset))):
-        raise RuntimeError(f"validation covered {len(gathered)} of {len(dataset)} images")
-    parts = dist.gather_objects(arrays)  # None on ranks other than 0
-    images = sorted((a for part in parts for a in part), key=lambda a: a[0]) if parts else []
-    return {
-        "score": float(np.mean([r[1] for r in gathered])),
-        "loss": float(np.mean([r[2] for r in gathered])),
-        "scores": [r[1] for r in gathered],
-        "probs": [a[1] for a in images],
-        "masks": [a[2] for a in images],
-        # the image-level head's P(mask not empty) per image; None without the head
-        "nonempty": [a[3] for a in images] if images and images[0][3] is not None else None,
-    }
+    return dist.gather_validation(scores, arrays, len(dataset))
 
 
 def run_summary(

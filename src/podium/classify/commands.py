@@ -59,7 +59,7 @@ def tune_command(cfg: DictConfig, run_dir: Path) -> float:
     runs = rundir.resolve_runs(cfg)
     if cfg.get("tta_candidates"):
         raise PodiumError("tta_candidates: not supported for classification (tune uses oof.npz)")
-    items, _ = oof_from_files(runs, competition.task)
+    items, _, _ = oof_from_files(runs, competition.task)
     probs = np.stack([p for p, _ in items])
     truth = np.stack([t for _, t in items]).astype(np.uint8)
     metric, default = competition.metric, float(cfg.threshold)

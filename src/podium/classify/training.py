@@ -84,15 +84,4 @@ def validate_classifier(
         for j, index in enumerate(batch["index"].tolist()):
             scores.append((index, sign * float(per_image[j]), losses[j]))
             arrays.append((index, quantize(probs[j]), truth[j].astype(np.uint8)))
-    gathered = sorted(item for part in dist.all_gather_objects(scores) for item in part)
-    if [r[0] for r in gathered] != list(range(len(dataset))):
-        raise RuntimeError(f"validation covered {len(gathered)} of {len(dataset)} images")
-    parts = dist.gather_objects(arrays)
-    images = sorted((a for part in parts for a in part), key=lambda a: a[0]) if parts else []
-    return {
-        "score": float(np.mean([r[1] for r in gathered])),
-        "loss": float(np.mean([r[2] for r in gathered])),
-        "scores": [r[1] for r in gathered],
-        "probs": [a[1] for a in images],
-        "masks": [a[2] for a in images],
-    }
+    return dist.gather_validation(scores, arrays, len(dataset))
