@@ -110,7 +110,7 @@ class FakeKaggle(CodeCompetitionState):
         key: str = "fake-key",
         token: str | None = None,
         team_name: str = "Alice Team",
-        max_lifetime_s: float = 120.0,
+        max_lifetime_s: float = 900.0,  # a bound for a leak, not for a slow test (128 s seen)
     ) -> None:
         self.username, self.key, self.token, self.team_name = username, key, token, team_name
         self.max_lifetime_s = max_lifetime_s
