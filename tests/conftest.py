@@ -69,3 +69,15 @@ def demo_paths(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="session")
 def demo_data_dir(demo_paths) -> Path:
     return Path(demo_paths[0].split("=", 1)[1]) / "demo_shapes"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for in-process training: on a shared, loaded CPU two spinning threads
+    make it many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

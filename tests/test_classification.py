@@ -51,14 +51,6 @@ TINY_CLASSIFIER = [
 ]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- metrics and thresholds ---------------------------------------------------------------------
 def test_fbeta_log_loss_and_accuracy_match_their_definitions():
     rng = np.random.default_rng(0)

@@ -171,14 +171,6 @@ def test_the_gate_empties_masks_below_it_and_needs_the_head():
 
 
 # -- end to end: training writes the OOF key; old runs load ----------------------------------------
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_a_run_with_the_head_writes_its_oof_and_predict_applies_the_gate(
     demo_paths, tmp_path, one_thread

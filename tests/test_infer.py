@@ -254,15 +254,6 @@ def test_an_interrupted_prediction_leaves_no_submission(tmp_path):
 
 
 # -- the commands -------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    # In-process training on a shared, loaded CPU is many times slower with 2 spinning threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_tune_then_predict_on_the_tiny_demo(demo_paths, tmp_path, one_thread):
     runs_dir = Path(demo_paths[1].split("=", 1)[1])
