@@ -72,12 +72,14 @@ def demo_data_dir(demo_paths) -> Path:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(monkeypatch):
     """One torch thread for in-process training: on a shared, loaded CPU two spinning threads
-    make it many times slower."""
+    make it many times slower. Set as a user would (OMP_NUM_THREADS), so that podium's
+    cpu_threads=auto keeps it."""
     import torch
 
     before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)

@@ -361,8 +361,10 @@ NON_RESULT_KEYS = frozenset(
         # under which name
         "experiment_name",
         "resume",
-        # how fast or how visibly: data loading is seeded per sample, logging reads no RNG
+        # how fast or how visibly: data loading is seeded per sample, logging reads no RNG;
+        # the thread count changes at most the order of float sums
         "trainer.num_workers",
+        "trainer.cpu_threads",
         "trainer.progress",
         "trainer.log_every",
         # how DDP finds gradients. The process count itself (trainer.devices, gpus_per_job)

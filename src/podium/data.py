@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from podium import archives, io
+from podium import distributed as dist
 from podium.competition import Competition, Sample
 from podium.io import PodiumError
 
@@ -189,8 +189,7 @@ def resolve_num_workers(value: int | str, processes: int = 1) -> int:
     """`auto`: the CPUs this process may use, shared between processes, at most 8."""
     if value != "auto":
         return int(value)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(8, (cpus or 1) // max(1, processes)))
+    return max(0, min(8, dist.cpu_count() // max(1, processes)))
 
 
 def make_loader(

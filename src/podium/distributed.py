@@ -59,6 +59,8 @@ __all__ = [
     "GlooSyncBatchNorm",
     "inside_launcher",
     "resolve_devices",
+    "cpu_count",
+    "choose_cpu_threads",
     "init_worker",
     "shutdown",
     "launch",
@@ -288,6 +290,71 @@ def resolve_devices(value: int | str) -> int:
     return count
 
 
+def choose_cpu_threads(value: int | str, processes: int = 1) -> tuple[int, str]:
+    """(torch threads, why) for a CPU process. An OMP_NUM_THREADS the user set stands; an int
+    is taken as given; `auto` follows bench/threads.py (real TGS, Unet-MobileNetV2, 2 cores):
+    with the cores idle, 2 threads stepped 1.5x faster than 1; with other work on every core,
+    1 thread stepped 3.4x faster than 2 (oversubscribed threads wait on each other). So `auto`
+    takes the cores other work leaves free, measured now, and at least one. Processes sharing
+    the machine (DDP ranks) split the cores instead: their siblings would read as busy."""
+    cores = cpu_count()
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    if value != "auto":
+        return int(value), f"cpu_threads={value}"
+    share = max(1, cores // max(1, processes))
+    if processes > 1:
+        return share, f"cpu_threads=auto: {cores} cores shared by {processes} processes"
+    busy = busy_cores()
+    if busy is None:
+        return share, f"cpu_threads=auto: {cores} cores"
+    threads = max(1, min(share, cores - round(busy)))
+    return threads, f"cpu_threads=auto: {busy:.1f} of {cores} cores busy with other work"
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def busy_cores(seconds: float = 0.3) -> float | None:
+    """How many of this process's CPUs were busy over the next `seconds` (from /proc/stat, while
+    this process sleeps: all of it is other work); None where there is no /proc/stat."""
+
+    def sample() -> dict[str, tuple[int, int]]:
+        times = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    name, *fields = line.split()
+                    ticks = [
+                        int(x) for x in fields[:8]
+                    ]  # user nice system idle iowait irq softirq steal
+                    times[name] = (sum(ticks), ticks[3] + ticks[4])
+        return times
+
+    try:
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    mine = (
+        [f"cpu{i}" for i in sorted(os.sched_getaffinity(0))]
+        if hasattr(os, "sched_getaffinity")
+        else list(after)
+    )
+    busy = 0.0
+    for name in mine:
+        if name in before and name in after:
+            total = after[name][0] - before[name][0]
+            idle = after[name][1] - before[name][1]
+            busy += (total - idle) / total if total > 0 else 0.0
+    return busy
+
+
 def init_worker() -> None:
     """Join the process group described by torchrun's environment variables: nccl with this
     process's GPU (LOCAL_RANK) on CUDA, gloo on CPU."""
@@ -296,10 +363,7 @@ def init_worker() -> None:
         torch.cuda.set_device(device)  # before NCCL starts, so each rank owns one GPU
         dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
         return
-    # N CPU workers share the cores instead of each starting one thread per core.
-    if "OMP_NUM_THREADS" not in os.environ:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, (cpus or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    # The ranks' CPU threads: train's resolve_device (trainer.cpu_threads) shares the cores.
     dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
 
 

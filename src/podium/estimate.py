@@ -175,7 +175,7 @@ def estimate_run(cfg: DictConfig) -> RunCost:
     cfg = copy.deepcopy(cfg)
     tc = cfg.trainer
     tc.progress = False
-    device = resolve_device()
+    device = resolve_device(tc.cpu_threads)
     peak_memory_reset(device)
     seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))
     start = time.perf_counter()
@@ -271,7 +271,7 @@ def estimate_predict(cfg: DictConfig) -> PredictCost:
     runs = rundir.resolve_runs(cfg)
     postprocess, tuned = find_tuned(cfg, [path for path, _ in runs])
     views = tta_views(cfg.tta or (tuned or {}).get("tta") or "none", cfg.tta_scales)
-    device = resolve_device()
+    device = resolve_device(cfg.cpu_threads)
     peak_memory_reset(device)
     precision = resolve_precision(str(cfg.precision), device)
     load_s, ensemble = _timed(

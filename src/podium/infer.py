@@ -405,7 +405,7 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> float | None:
     if tuned and tuned.get("tta") and tuned["tta"] != tta:
         log.warning("tuned on OOF predicted with tta=%s, predicting with tta=%s", tuned["tta"], tta)
     views = tta_views(tta, cfg.tta_scales)
-    device = resolve_device()
+    device = resolve_device(cfg.cpu_threads)
     precision = resolve_precision(str(cfg.precision), device)
     ensemble = load_ensemble(cfg, runs, competition.task, views, device, precision)
     if cfg.tile_size and any(ensemble.input_sizes):

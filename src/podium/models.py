@@ -268,9 +268,15 @@ def _offline_message(encoder: str, weights: str) -> str:
 
 # =============================================================================================
 # Running a model: what training, validation, prediction and reports share.
-def resolve_device() -> torch.device:
+def resolve_device(cpu_threads: int | str | None = None, processes: int = 1) -> torch.device:
+    """This process's GPU, else the CPU, with torch's thread count set by `cpu_threads` for
+    `processes` processes sharing the cores (`distributed.choose_cpu_threads`; None: unset)."""
     if torch.cuda.is_available():
         return torch.device("cuda", dist.local_rank())
+    if cpu_threads is not None:
+        threads, why = dist.choose_cpu_threads(cpu_threads, processes)
+        torch.set_num_threads(threads)
+        log.info("CPU: %d torch thread%s (%s)", threads, "s" * (threads > 1), why)
     return torch.device("cpu")
 
 

@@ -106,7 +106,7 @@ def pseudo_command(cfg: DictConfig) -> int:
         samples, source = competition.test_samples(), "test set"
     require_clean_data(competition, samples, "test", with_masks=False)
     rule = PseudoRule(**cfg.rule, threshold=float(cfg.threshold))
-    device = resolve_device()
+    device = resolve_device(cfg.cpu_threads)
     precision = resolve_precision(str(cfg.precision), device)
     views = tta_views(str(cfg.tta or "none"), cfg.tta_scales)
     ensemble = load_ensemble(cfg, runs, competition.task, views, device, precision)

@@ -62,6 +62,7 @@ SEEDS = Int(min=0, max=2**32 - 1)  # numpy's and scikit-learn's seed range
 PROBABILITY = Float(ge=0, le=1)
 HEIGHT_WIDTH = ListOf(Int(min=1), length=2, what="[H, W], two integers >= 1")
 WORKERS = Int(min=0) | "auto"
+THREADS = Int(min=1) | "auto"
 
 TRAIN = {  # configs/train.yaml
     "fold": Int(min=0) | "all",
@@ -105,6 +106,7 @@ INFER = {  # configs/infer/default.yaml (top-level keys)
     "tile_size": Int(min=1) | None,
     "tile_overlap": Float(ge=0, lt=1),
     "num_workers": WORKERS,
+    "cpu_threads": THREADS,
     "precision": OneOf(*PRECISIONS),
     "progress": Bool(),
 }
@@ -312,6 +314,7 @@ TRAINER = {  # configs/trainer/default.yaml
     "trainer.sync_batchnorm": Bool(),
     "trainer.find_unused_parameters": Bool(),
     "trainer.num_workers": WORKERS,
+    "trainer.cpu_threads": THREADS,
     "trainer.val_every": Int(min=1),
     "trainer.early_stopping": Int(min=1) | None,
     "trainer.compile": Bool(),

@@ -94,7 +94,7 @@ def train(cfg: DictConfig, run_dir: Path, hooks: TrainHooks | None = None) -> di
     hooks = hooks or TrainHooks()
     clock = Clock()
     tc = cfg.trainer
-    device = resolve_device()
+    device = resolve_device(tc.cpu_threads, dist.local_world_size())
     if device.type == "cpu":
         retain_freed_memory()
     seed_everything(int(cfg.seed), deterministic=bool(tc.deterministic))

@@ -262,7 +262,7 @@ def oof_by_prediction(
     """(probabilities, truth) per out-of-fold image, predicted now: each run's model on its own
     validation fold, with TTA set `tta`, at the native resolution (like `predict`); and the
     image-level head's P(not empty) as in `oof_from_files`."""
-    device = resolve_device()
+    device = resolve_device(cfg.cpu_threads)
     precision = resolve_precision(str(cfg.precision), device)
     views = tta_views(tta, cfg.tta_scales)
     samples = competition.train_samples()

@@ -140,7 +140,7 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> float | None:
     if [float(s) for s in cfg.tta_scales] != [1.0]:
         raise PodiumError("tta_scales: classification predicts at the trained size only ([1.0])")
     views = tta_views(tta)
-    device = resolve_device()
+    device = resolve_device(cfg.cpu_threads)
     precision = resolve_precision(str(cfg.precision), device)
     models, sizes = [], set()
     for path, weight in runs:

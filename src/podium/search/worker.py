@@ -79,7 +79,10 @@ def _devices(settings: dict, index: int) -> Iterator[None]:
             yield
         return
     if "OMP_NUM_THREADS" not in os.environ:  # the user's choice stands
-        threads = max(1, (os.cpu_count() or 1) // int(settings["workers"]))
+        threads = max(1, dist.cpu_count() // int(settings["workers"]))
+        # Set as a user would: trials' trainer.cpu_threads=auto then keep it (distributed.
+        # choose_cpu_threads), instead of reading the sibling workers as other work.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
         log.info("worker %d: %d torch thread(s)", index, threads)
     yield
