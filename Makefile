@@ -37,11 +37,15 @@ wheel: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/podium demo
 
+# Test files run side by side (pytest-xdist), whole files per worker so module fixtures are built
+# once: most tests wait on podium subprocesses pinned to one thread, so 2 cores run 2 files.
+PYTEST = $(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench competitions

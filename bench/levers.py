@@ -16,11 +16,12 @@ the same seed's baseline run):
                       labels unused (`podium pseudo`, rule `PSEUDO_RULE`); the student trains
                       as the baseline with `pseudo={pseudo}`: the same steps and batch size, so
                       the same images seen, a quarter of each batch pseudo-labelled
-Every arm's run is tuned (`FIXED_POSTPROCESSING`: only an empty head's gate is free) and then
-predicts the held-back images (`podium predict`, flip TTA, threshold 0.5) and the submission is scored against their labels with the competition's metric
-(podium.submission). Reported: mean ± std over seeds per arm, and each arm's mean minus the
-baseline's. Unet-MobileNetV2 with the ImageNet weights of ../shared/weights (the local-weights
-option), batch 16, early stopping off, one validation at the end (the checkpoint is the last).
+Every arm's run is tuned (`FIXED_POSTPROCESSING`: only an empty head's gate is free), then
+predicts the held-back images (`podium predict`, flip TTA, threshold 0.5), and the submission is
+scored against their labels with the competition's metric (podium.submission). Reported: mean ±
+std over seeds per arm, and each arm's mean minus the baseline's. Unet-MobileNetV2 with the
+ImageNet weights of ../shared/weights (the local-weights option), batch 16, early stopping off,
+one validation at the end (the checkpoint is the last).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY_DEMO, TINY_TRAIN, podium_env
 
+from podium.packages import build_podium_wheel
+
 UV = Path(sys.executable).parent / "uv"
 
 
@@ -27,8 +29,7 @@ def run(*args: str | Path, cwd: Path, env: dict | None = None) -> subprocess.Com
 def installed(tmp_path_factory) -> Path:
     """The bin/ folder of a fresh venv with only the podium wheel (and its dependencies)."""
     base = tmp_path_factory.mktemp("wheel")
-    run(UV, "build", "--wheel", "-q", "-o", base / "dist", ROOT, cwd=base)
-    (wheel,) = (base / "dist").glob("podium-*.whl")
+    wheel = build_podium_wheel(base / "dist")  # this clone's, as `podium export` builds it
     run(UV, "venv", "-q", base / "venv", "--python", sys.executable, cwd=base)
     python = base / "venv" / "bin" / "python"
     run(UV, "pip", "install", "-q", "-p", python, wheel, "-c", ROOT / "requirements.lock", cwd=base)

@@ -13,6 +13,7 @@ that install offline); podium's own wheel from `uv build --wheel`.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import shutil
 import subprocess
@@ -165,7 +166,14 @@ def build_podium_wheel(out: Path, given: str | None = None) -> Path:
             "podium runs from an installed wheel here, with no source to build one from: pass "
             "podium_wheel=PATH (make wheel in a clone builds it)"
         )
-    with tempfile.TemporaryDirectory(prefix="podium-wheel-") as built:
+    # setuptools builds in the tree's build/ folder and removes its parts when done: one build
+    # at a time, or two exports (or test workers) at once delete each other's files.
+    (source / "build").mkdir(exist_ok=True)
+    with (
+        open(source / "build" / ".podium-wheel.lock", "w") as lock,
+        tempfile.TemporaryDirectory(prefix="podium-wheel-") as built,
+    ):
+        fcntl.flock(lock, fcntl.LOCK_EX)
         _run([uv_executable(), "build", "--wheel", "-q", "-o", built, source], "uv build")
         wheels = list(Path(built).glob("podium-*.whl"))
         if len(wheels) != 1:
