@@ -39,7 +39,7 @@ demo: $(STAMP)
 
 # Test files run side by side (pytest-xdist), whole files per worker so module fixtures are built
 # once: most tests wait on podium subprocesses pinned to one thread, so 2 cores run 2 files.
-PYTEST = $(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile
+PYTEST = $(BIN)/python -m pytest -q -n logical --maxprocesses=4 --dist loadfile
 
 test: $(STAMP)
 	$(PYTEST) tests

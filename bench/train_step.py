@@ -90,7 +90,7 @@ def podium_run(cfg, batches, warmup, measured, device, run_dir: Path) -> tuple[f
             train_loader=lambda *_a, **_k: loader,
             validate=no_validation,
             save_checkpoint=lambda *_a, **_k: None,
-            resolve_device=lambda: device,
+            resolve_device=lambda *_a: device,  # and the threads the benchmark set
         ),
     ):
         podium.train.train(cfg, run_dir)

@@ -18,6 +18,7 @@ from podium.data import (
     build_transforms,
     load_or_make_folds,
     make_folds,
+    make_loader,
     pad_collate,
 )
 from podium.io import PodiumError
@@ -141,3 +142,10 @@ def test_folds_fall_back_to_grouping_when_strata_are_too_small():
     folds = make_folds(samples, n_folds=5, seed=0)
     assert sorted(Counter(folds.values()).values()) == [2, 2, 2, 2, 2]
     assert all(folds[str(i)] == folds[str(i + 1)] for i in range(0, 10, 2))
+
+
+def test_a_single_batch_loads_without_worker_processes():
+    data = torch.utils.data.TensorDataset(torch.zeros(8, 1))
+    assert make_loader(data, batch_size=8, num_workers=2).num_workers == 0
+    assert make_loader(data, batch_size=4, num_workers=2).num_workers == 2
+    assert make_loader(data, 4, 2, sampler=[0, 1, 2]).num_workers == 0  # what the sampler draws

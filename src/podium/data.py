@@ -201,6 +201,10 @@ def make_loader(
     drop_last: bool = False,
     generator: torch.Generator | None = None,
 ) -> DataLoader:
+    if len(sampler if sampler is not None else dataset) <= batch_size:
+        # One batch: this process loads it rather than fork workers for it (a test set of a
+        # few images; saves the fork, and one hang seen here with 2 workers and 1 batch).
+        num_workers = 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
