@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import time
@@ -34,7 +33,9 @@ CHILD_FLAG = "--child"
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from podium.distributed import cpu_count
+
+    return cpu_count()
 
 
 AUTO = "auto"

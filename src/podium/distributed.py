@@ -329,9 +329,8 @@ def busy_cores(seconds: float = 0.3) -> float | None:
             for line in f:
                 if line.startswith("cpu") and line[3].isdigit():
                     name, *fields = line.split()
-                    ticks = [
-                        int(x) for x in fields[:8]
-                    ]  # user nice system idle iowait irq softirq steal
+                    # user nice system idle iowait irq softirq steal
+                    ticks = [int(x) for x in fields[:8]]
                     times[name] = (sum(ticks), ticks[3] + ticks[4])
         return times
 
