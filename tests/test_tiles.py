@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from podium import tiles
-from podium.infer import predict_batch, predict_tiled, tile_starts, tile_window
+from podium.infer import predict_images, predict_tiled, tile_starts, tile_window
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(53, 16, 4), (37, 16, 0), (16, 16, 4), (9, 16, 4)])
@@ -71,7 +71,8 @@ def test_batches_tile_only_large_images_and_crop_padding():
         shapes.append(tuple(batch.shape[-2:]))
         return batch.float()
 
-    out = predict_batch(identity, images, [(20, 30), (12, 12)], tile_size=16, tile_batch=4)
+    predicted = predict_images(identity, images, [(20, 30), (12, 12)], tile_size=16, tile_batch=4)
+    out = [probs for probs, _ in predicted]
     assert out[0].shape == (3, 20, 30) and out[1].shape == (3, 12, 12)
     assert torch.equal(out[0].round().to(torch.uint8), images[0])
     assert torch.equal(out[1], images[1, :, :12, :12].float())

@@ -68,7 +68,6 @@ __all__ = [
     "tile_starts",
     "tile_window",
     "predict_tiled",
-    "predict_batch",
     "predict_images",
     "predict_rows",
     "find_tuned",
@@ -245,20 +244,6 @@ class Ensemble:
 
 # =============================================================================================
 # Streaming prediction
-def predict_batch(
-    ensemble: Forward,
-    images: torch.Tensor,
-    sizes: Sequence[Sequence[int]],
-    tile_size: int | None = None,
-    tile_overlap: float = 0.25,
-    tile_batch: int = 8,
-) -> list[torch.Tensor]:
-    """Probabilities (CxHxW each) of the images of a padded loader batch, each at its own size
-    (`predict_images` without the image-level head's values)."""
-    predicted = predict_images(ensemble, images, sizes, tile_size, tile_overlap, tile_batch)
-    return [probs for probs, _ in predicted]
-
-
 def predict_images(
     ensemble: Forward,
     images: torch.Tensor,

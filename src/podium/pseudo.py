@@ -3,7 +3,7 @@
     podium pseudo competition=C runs="[runs/C/sweep_*/*]" out=pseudo/C-r1 [images=FOLDER]
 
 The teachers are the runs' ensemble with TTA, exactly as `podium predict` runs it
-(podium.infer: `load_ensemble`, `predict_batch`). Each image's probabilities p go through the
+(podium.infer: `load_ensemble`, `predict_images`). Each image's probabilities p go through the
 rule (`PseudoRule`): a pixel is confident when p < low or p > high; an image is kept when at
 least `min_confident` of its pixels are; with `mode=pixel` its uncertain pixels also weigh 0 in
 the student's loss. Labels are `hard` (p > threshold) or `soft` (p itself). The set's files:
@@ -32,7 +32,7 @@ from podium import io, rundir
 from podium.competition import Competition, Sample, load_competition
 from podium.data import SegmentationDataset, make_loader, resolve_num_workers
 from podium.datacheck import require_clean_data
-from podium.infer import load_ensemble, predict_batch, tta_views
+from podium.infer import load_ensemble, predict_images, tta_views
 from podium.io import PodiumError
 from podium.models import resolve_device, resolve_precision
 from podium.pseudo_data import LABELS, MANIFEST, TABLE, teacher_round
@@ -142,11 +142,11 @@ def predict_labels(
     dataset = SegmentationDataset(competition, samples, transform=None, with_masks=False)
     loader = make_loader(dataset, int(cfg.batch_size), resolve_num_workers(cfg.num_workers))
     for batch in tqdm(loader, desc="pseudo", disable=not cfg.progress, mininterval=1.0):
-        probs = predict_batch(
+        predicted = predict_images(
             ensemble, batch["image"], batch["sizes"].tolist(), cfg.tile_size,
             float(cfg.tile_overlap), int(cfg.batch_size),
         )  # fmt: skip
-        for p in probs:
+        for p, _ in predicted:  # the image-level head's value is not used here
             # As predict hands probabilities on (uint8 p x 255): the same values either way.
             yield rule.apply(rundir.quantize(p[0]).cpu().numpy() / np.float32(255.0))
 
